@@ -1,0 +1,5 @@
+"""``python -m rtvoice``: see :mod:`rtvoice.cli`."""
+
+from rtvoice.cli import main
+
+raise SystemExit(main())
