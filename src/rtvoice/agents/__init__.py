@@ -1,0 +1,1 @@
+"""Agents: the vendor-neutral interface and its implementations."""

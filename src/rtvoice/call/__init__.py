@@ -1,0 +1,1 @@
+"""The call: sans-I/O state machine, playback ledger, barge-in, pacing; session glue."""

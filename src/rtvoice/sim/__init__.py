@@ -1,0 +1,1 @@
+"""Simulation: a simulated Twilio and emulators of the OpenAI Realtime and ElevenLabs APIs."""

@@ -1,0 +1,1 @@
+"""Twilio: webhook signatures, TwiML, stream tokens, Media Streams messages, REST."""
