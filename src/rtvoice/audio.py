@@ -1,0 +1,166 @@
+"""rtvoice's audio core: the typed, documented façade over the compiled :mod:`rtvoice._dsp`.
+
+Codecs (G.711, bit-exact with ITU-T G.711 as CPython's ``audioop`` implements it):
+
+* ``ulaw_decode(src, out=None)`` / ``alaw_decode(src, out=None)``: codes (1 byte each) -> int16 samples.
+  Without ``out`` a new ``numpy.ndarray`` of dtype int16 is returned; with ``out`` (any writable
+  C-contiguous buffer of exactly ``2 * len(src)`` bytes: a numpy int16 array, a bytearray, a
+  ``memoryview``) the samples are written into it and ``out`` itself is returned.
+* ``ulaw_encode(samples, out=None)`` / ``alaw_encode(samples, out=None)``: int16 samples (native byte
+  order; any buffer: bytes, bytearray, memoryview, numpy int16 array) -> codes. Without ``out`` a new
+  ``bytearray`` is returned; with ``out`` (writable, exactly ``len(samples_bytes) // 2`` bytes) the codes
+  are written into it and ``out`` is returned.
+
+Every function accepts any C-contiguous buffer-protocol object and raises ``ValueError`` for an odd byte
+length of int16 input, a wrong ``out`` size, a read-only ``out`` or a non-contiguous buffer. The inner
+loops are C table lookups that run without the GIL.
+
+WAV helpers (stdlib :mod:`wave` plus a small RIFF reader for G.711 WAVs, which ``wave`` rejects):
+:func:`read_wav`, :func:`write_wav`, and :func:`to_ulaw_8k` for turning any supported rate into the
+8 kHz μ-law that Twilio carries.
+"""
+
+from __future__ import annotations
+
+import struct
+import wave
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from rtvoice._dsp import alaw_decode as alaw_decode
+from rtvoice._dsp import alaw_encode as alaw_encode
+from rtvoice._dsp import ulaw_decode as ulaw_decode
+from rtvoice._dsp import ulaw_encode as ulaw_encode
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+__all__ = [
+    "ULAW_SILENCE",
+    "alaw_decode",
+    "alaw_encode",
+    "read_wav",
+    "ulaw_decode",
+    "ulaw_encode",
+    "write_ulaw_wav",
+    "write_wav",
+]
+
+#: The μ-law code for digital silence (decodes to 0).
+ULAW_SILENCE = 0xFF
+
+# WAVE format tags (RIFF fmt chunk)
+_WAVE_FORMAT_PCM = 0x0001
+_WAVE_FORMAT_ALAW = 0x0006
+_WAVE_FORMAT_MULAW = 0x0007
+_WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+class WavError(ValueError):
+    """A WAV file rtvoice cannot read (not RIFF/WAVE, unsupported encoding or sample width)."""
+
+
+def _pcm_to_int16(frames: bytes, width: int) -> npt.NDArray[np.int16]:
+    """Interleaved little-endian PCM of ``width`` bytes per sample -> int16 (keeps the 16 high bits)."""
+    if width == 1:  # 8-bit WAV is unsigned
+        return ((np.frombuffer(frames, np.uint8).astype(np.int16) - 128) << 8).astype(np.int16)
+    if width == 2:
+        return np.frombuffer(frames, "<i2").astype(np.int16)
+    if width == 3:
+        raw = np.frombuffer(frames, np.uint8).reshape(-1, 3)
+        high: npt.NDArray[np.int16] = (raw[:, 1].astype(np.uint16) | (raw[:, 2].astype(np.uint16) << 8)).view(
+            np.int16
+        )
+        return high
+    if width == 4:
+        return (np.frombuffer(frames, "<i4") >> 16).astype(np.int16)
+    raise WavError(f"unsupported PCM sample width: {width} bytes")
+
+
+def _mix_to_mono(samples: npt.NDArray[np.int16], channels: int) -> npt.NDArray[np.int16]:
+    if channels == 1:
+        return samples
+    usable = len(samples) - len(samples) % channels
+    mixed = samples[:usable].reshape(-1, channels).astype(np.int32).sum(axis=1) // channels
+    return mixed.astype(np.int16)
+
+
+def _read_riff(data: bytes) -> tuple[int, int, int, int, bytes]:
+    """(format tag, channels, rate, bits per sample, data bytes) from a RIFF/WAVE file image."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise WavError("not a RIFF/WAVE file")
+    pos, fmt, payload = 12, None, None
+    while pos + 8 <= len(data):
+        cid, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = data[pos + 8 : pos + 8 + size]
+        if cid == b"fmt ":
+            if len(body) < 16:
+                raise WavError("truncated fmt chunk")
+            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
+            if tag == _WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
+                tag = struct.unpack_from("<H", body, 24)[0]  # first 2 bytes of the SubFormat GUID
+            fmt = (tag, channels, rate, bits)
+        elif cid == b"data":
+            payload = body
+        pos += 8 + size + (size & 1)  # chunks are padded to even sizes
+    if fmt is None or payload is None:
+        raise WavError("missing fmt or data chunk")
+    return (*fmt, payload)
+
+
+def read_wav(path: str | Path) -> tuple[npt.NDArray[np.int16], int]:
+    """Read a WAV file as mono int16 samples: ``(samples, sample_rate)``.
+
+    Accepts 8-, 16-, 24- and 32-bit integer PCM (multi-channel is averaged to mono; 24/32-bit keep their 16
+    high bits) and G.711 μ-law/A-law WAVs (as Twilio recordings and telephony tools write them). Raises
+    :class:`WavError` (a ``ValueError``) for anything else.
+    """
+    data = Path(path).read_bytes()
+    tag, channels, rate, bits, payload = _read_riff(data)
+    if channels < 1 or rate < 1:
+        raise WavError(f"invalid WAV header: {channels} channels at {rate} Hz")
+    if tag == _WAVE_FORMAT_PCM:
+        with wave.open(str(path), "rb") as w:  # stdlib parser for plain PCM
+            frames = w.readframes(w.getnframes())
+            width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+        return _mix_to_mono(_pcm_to_int16(frames, width), channels), rate
+    if tag in (_WAVE_FORMAT_MULAW, _WAVE_FORMAT_ALAW):
+        if bits != 8:
+            raise WavError(f"G.711 WAV with {bits} bits per sample")
+        decode = ulaw_decode if tag == _WAVE_FORMAT_MULAW else alaw_decode
+        return _mix_to_mono(decode(payload), channels), rate
+    raise WavError(f"unsupported WAV encoding (format tag 0x{tag:04x}); use integer PCM or G.711")
+
+
+def write_wav(path: str | Path, samples: Buffer, rate: int) -> None:
+    """Write mono int16 ``samples`` (any buffer of native int16) as a 16-bit PCM WAV at ``rate`` Hz."""
+    pcm = np.frombuffer(memoryview(samples).cast("B"), dtype=np.int16)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.astype("<i2").tobytes())
+
+
+def write_ulaw_wav(path: str | Path, codes: Buffer, rate: int = 8000) -> None:
+    """Write μ-law ``codes`` as a mono G.711 μ-law WAV (format tag 7), e.g. what a caller heard."""
+    payload = bytes(memoryview(codes).cast("B"))
+    fmt = struct.pack("<HHIIHHH", _WAVE_FORMAT_MULAW, 1, rate, rate, 1, 8, 0)
+    fact = struct.pack("<I", len(payload))
+    body = (
+        b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"fact"
+        + struct.pack("<I", 4)
+        + fact
+        + b"data"
+        + struct.pack("<I", len(payload))
+        + payload
+        + (b"\0" if len(payload) & 1 else b"")
+    )
+    Path(path).write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
