@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,7 +247,7 @@ def _parse_connected(msg: Mapping[str, Any]) -> Connected:
     return Connected(_str(msg, "protocol"), _str(msg, "version"))
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], Event]] = {
     "media": _parse_media,
     "start": _parse_start,
     "dtmf": _parse_dtmf,
