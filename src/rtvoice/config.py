@@ -121,6 +121,9 @@ class Settings:
     elevenlabs_model_id: str = "eleven_flash_v2_5"
     elevenlabs_output_format: str = "ulaw_8000"
     elevenlabs_signed_url: bool = False
+    #: A vendor that sends no output this long after the caller's turn ended (or after a greeting request) is
+    #: treated as stalled (a fault: never dead air).
+    vendor_first_byte_timeout_s: float = 8.0
 
     # --- Twilio --------------------------------------------------------------------------------------------------
     twilio_account_sid: str = ""
@@ -250,6 +253,8 @@ class Settings:
             )
         if (v := get("ELEVENLABS_SIGNED_URL")) is not None:
             kw["elevenlabs_signed_url"] = _parse_bool("ELEVENLABS_SIGNED_URL", v)
+        if (v := get("RTVOICE_VENDOR_FIRST_BYTE_TIMEOUT")) is not None:
+            kw["vendor_first_byte_timeout_s"] = _parse_float("RTVOICE_VENDOR_FIRST_BYTE_TIMEOUT", v, 0.5, 120.0)
 
         kw["twilio_account_sid"] = get("TWILIO_ACCOUNT_SID") or ""
         kw["twilio_auth_token"] = get("TWILIO_AUTH_TOKEN") or ""

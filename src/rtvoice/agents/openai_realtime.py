@@ -1,0 +1,690 @@
+"""``RTVOICE_AGENT=openai``: OpenAI Realtime (GA interface) speech-to-speech over the openai SDK's WebSocket.
+
+Layers, sans-I/O first:
+
+* :class:`RealtimeCore` turns OpenAI server events (decoded JSON dicts) into
+:class:`~rtvoice.agents.base.AgentSink`
+  calls and queues client events (JSON text) in :attr:`RealtimeCore.outbox`. It owns everything that needs
+  deciding: which response is active, how much audio each item produced (a truncate is clamped to it), which
+  late audio to drop after a barge-in, usage totals, the conversation history used to rebuild context after a
+  reconnect, first-byte stall detection and which ``error`` codes are fatal. Tested without sockets.
+* :class:`RealtimeLink` is the thin I/O edge: it connects with
+``AsyncOpenAI(...).realtime.connect(model=...)``,
+  runs a receiver, a sender and a watchdog task, and reconnects (new session + context replay) after a drop
+  or the
+  60-minute session limit.
+* :class:`OpenAIRealtimeAgent` wires both to the :class:`~rtvoice.agents.base.Agent` interface.
+
+Audio paths (``OPENAI_AUDIO_FORMAT``): ``pcmu`` sends Twilio's μ-law bytes untouched both ways (zero
+transcoding);
+``pcm`` sends 24 kHz int16 through the compiled resampler (8k->24k in, 24k->8k out + μ-law encode).
+
+Uplink batching: ``send_audio`` only appends the frame to a bytearray; the sender task base64-encodes
+everything
+queued once ``append_frames`` frames (default 2 = 40 ms) are there, in one ``input_audio_buffer.append``. One
+frame per message halves the batching delay (20 ms less worst-case latency to the server's VAD) but doubles
+the
+messages, JSON/base64 work and syscalls per call; 40 ms is the middle ground (the OpenAI Agents SDK's Twilio
+example buffers 50 ms). Server VAD waits ~500 ms of silence anyway, so 20 ms of batching is ~4 % of the turn
+gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
+from rtvoice.agents.vendor_common import FromPcm8k, ToUlaw8k, Usage, b64decode, clamp_audio_end_ms
+
+if TYPE_CHECKING:
+    from rtvoice.config import Settings
+
+log = logging.getLogger(__name__)
+
+APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
+APPEND_SUFFIX = '"}'
+
+#: ``error`` codes that are expected and harmless (e.g. our cancel raced the server's own VAD cancel).
+HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
+#: ``error`` codes after which the session cannot serve the call.
+FATAL_ERROR_CODES = frozenset(
+    {
+        "invalid_api_key",
+        "beta_api_shape_disabled",
+        "session_expired",
+        "insufficient_quota",
+        "model_not_found",
+        "invalid_model",
+        "account_deactivated",
+    }
+)
+FATAL_ERROR_TYPES = frozenset({"authentication_error", "permission_error"})
+#: How many conversation turns are replayed into a new session after a reconnect.
+REPLAY_TURNS = 40
+
+
+@dataclass(slots=True)
+class Turn:
+    """One message of the conversation, kept as text so that it can be replayed into a new session."""
+
+    item_id: str
+    role: str  # "user" | "assistant" | "system"
+    text: str = ""
+
+
+@dataclass(slots=True)
+class BotItem:
+    """An assistant item of the current session."""
+
+    item_id: str
+    response_id: str
+    produced_ms: float = 0.0
+    audio_open: bool = False
+    audio_done: bool = False
+    text: str = ""
+    previous_item_id: str | None = None
+    turn: Turn | None = None
+
+
+class RealtimeCore:
+    """Sans-I/O OpenAI Realtime client logic for one call (see the module docstring)."""
+
+    def __init__(self, settings: Settings, *, text_only: bool = False) -> None:
+        self.settings = settings
+        self.text_only = text_only
+        self.pcmu = settings.openai_audio_format == "pcmu"
+        self.outbox: deque[str] = deque()
+        self.sink: AgentSink | None = None
+        self.usage = Usage()
+        self.active_response: str | None = None
+        self.items: dict[str, BotItem] = {}
+        self.history: list[Turn] = []
+        self._turns: dict[str, Turn] = {}
+        self._discarded: set[str] = set()
+        self._out = None if text_only else ToUlaw8k("ulaw_8000" if self.pcmu else "pcm_24000")
+        self._early_faults: list[tuple[str, str, bool]] = []
+        self._seq = 0
+        self.session_event_id = ""
+        # First-byte watchdog: when we started waiting for output (loop time), and how often it stalled in a
+        # row.
+        self.awaiting_since: float | None = None
+        self.stalls = 0
+        self.stall_timeout_s = settings.vendor_first_byte_timeout_s
+        #: Seconds from receiving ``speech_stopped`` (or sending the greeting request) to the first output
+        #: handed
+        #: to the sink, per turn: the part of the first-byte latency spent in OpenAI and in this client.
+        self.first_output_latencies: list[float] = []
+        self.failed = False
+
+    # --- output helpers -------------------------------------------------------------------------------------
+    def fault(self, kind: str, message: str, fatal: bool) -> None:
+        if fatal:
+            self.failed = True
+        if self.sink is None:
+            self._early_faults.append((kind, message, fatal))
+        else:
+            self.sink.fault(kind, message, fatal)
+
+    def attach(self, sink: AgentSink) -> None:
+        """Start delivering to ``sink`` (faults that happened before, e.g. during ``prepare``, are
+        replayed).
+        """
+        self.sink = sink
+        early, self._early_faults = self._early_faults, []
+        for kind, message, fatal in early:
+            sink.fault(kind, message, fatal)
+
+    def _event_id(self, what: str) -> str:
+        self._seq += 1
+        return f"rtv_{what}_{self._seq}"
+
+    def _send(self, event: dict[str, Any]) -> None:
+        self.outbox.append(json.dumps(event, separators=(",", ":")))
+
+    # --- client events --------------------------------------------------------------------------------------
+    def session_config(self) -> dict[str, Any]:
+        """The GA ``session`` object: type, model, instructions, modalities, audio formats, server VAD,
+        voice.
+        """
+        fmt: dict[str, Any] = {"type": "audio/pcmu"} if self.pcmu else {"type": "audio/pcm", "rate": 24000}
+        audio: dict[str, Any] = {
+            "input": {
+                "format": fmt,
+                "turn_detection": {
+                    "type": "server_vad",
+                    "threshold": 0.5,
+                    "prefix_padding_ms": 300,
+                    "silence_duration_ms": 500,
+                    "create_response": True,
+                    "interrupt_response": True,
+                },
+                "transcription": {"model": self.settings.openai_transcription_model},
+            }
+        }
+        if not self.text_only:
+            audio["output"] = {"format": fmt, "voice": self.settings.openai_voice}
+        return {
+            "type": "realtime",
+            "model": self.settings.openai_model,
+            "instructions": self.settings.instructions,
+            "output_modalities": ["text"] if self.text_only else ["audio"],
+            "audio": audio,
+        }
+
+    def queue_session_update(self) -> None:
+        self.session_event_id = self._event_id("session")
+        self._send(
+            {"type": "session.update", "event_id": self.session_event_id, "session": self.session_config()}
+        )
+
+    def queue_greeting(self, now: float) -> None:
+        """Make the AI speak first: a system instruction item, then ``response.create``."""
+        greeting = self.settings.greeting
+        if not greeting:
+            return
+        text = f"Start the call now by greeting the caller with exactly these words: {greeting}"
+        self._send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "system",
+                    "content": [{"type": "input_text", "text": text}],
+                },
+            }
+        )
+        self._send({"type": "response.create"})
+        self.awaiting_since = now
+
+    def queue_context_replay(self) -> None:
+        """After a reconnect: re-create the conversation so far as text items in the new session."""
+        for turn in self.history[-REPLAY_TURNS:]:
+            if not turn.text.strip():
+                continue
+            if turn.role == "assistant":
+                content = [{"type": "output_text", "text": turn.text}]
+            else:
+                content = [{"type": "input_text", "text": turn.text}]
+            self._send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": turn.role, "content": content},
+                }
+            )
+
+    # --- the call's inputs ----------------------------------------------------------------------------------
+    def barge_in(self, heard: Heard | None) -> None:
+        """Cancel the active response (if any) and truncate ``heard.item_id`` to what was heard (if anything
+        was cut).
+        """
+        self.awaiting_since = None
+        rid = self.active_response
+        if rid is not None and rid not in self._discarded:
+            self._discarded.add(rid)
+            self._send({"type": "response.cancel", "response_id": rid})
+            for it in self.items.values():
+                if it.response_id == rid:
+                    self._close_audio(it)
+        if heard is None:
+            return
+        heard_item = self.items.get(heard.item_id)
+        if heard_item is None or heard_item.produced_ms <= 0:
+            return  # not an item of this session (or no audio): nothing OpenAI could truncate
+        end = clamp_audio_end_ms(heard.audio_end_ms, heard_item.produced_ms)
+        if heard_item.audio_done and rid != heard_item.response_id and end >= int(heard_item.produced_ms):
+            return  # the whole item was heard: nothing was cut off
+        self.truncated(heard_item, end)
+
+    def truncated(self, it: BotItem, end_ms: int) -> None:
+        """Send the truncate and cut the replay text in proportion (OpenAI cuts its own transcript
+        exactly).
+        """
+        self._send(
+            {
+                "type": "conversation.item.truncate",
+                "item_id": it.item_id,
+                "content_index": 0,
+                "audio_end_ms": end_ms,
+            }
+        )
+        if it.turn is not None and it.produced_ms > 0:
+            keep = int(len(it.turn.text) * min(1.0, end_ms / it.produced_ms))
+            it.turn.text = it.turn.text[:keep]
+
+    # --- server events --------------------------------------------------------------------------------------
+    def feed(self, ev: dict[str, Any], now: float) -> None:
+        """Handle one server event."""
+        handler = self._handlers.get(ev.get("type", ""))
+        if handler is not None:
+            handler(self, ev, now)
+
+    def _turn_for(self, item_id: str, role: str) -> Turn:
+        turn = self._turns.get(item_id)
+        if turn is None:
+            turn = Turn(item_id, role)
+            self._turns[item_id] = turn
+            self.history.append(turn)
+        return turn
+
+    def _on_item_added(self, ev: dict[str, Any], now: float) -> None:
+        item = ev.get("item") or {}
+        if item.get("type") != "message" or not item.get("id"):
+            return
+        role = str(item.get("role") or "")
+        turn = self._turn_for(str(item["id"]), role)
+        if role == "assistant":
+            it = self.items.get(turn.item_id)
+            if it is not None:
+                it.previous_item_id = ev.get("previous_item_id")
+        elif not turn.text:
+            for part in item.get("content") or []:
+                text = part.get("text") or part.get("transcript")
+                if text:
+                    turn.text += str(text)
+
+    def _on_output_item_added(self, ev: dict[str, Any], now: float) -> None:
+        item = ev.get("item") or {}
+        if item.get("type") != "message" or not item.get("id"):
+            return
+        item_id = str(item["id"])
+        self._bot_item(item_id, str(ev.get("response_id") or self.active_response or ""))
+
+    def _bot_item(self, item_id: str, response_id: str) -> BotItem:
+        it = self.items.get(item_id)
+        if it is None:
+            it = BotItem(item_id, response_id)
+            it.turn = self._turn_for(item_id, "assistant")
+            self.items[item_id] = it
+        return it
+
+    def _on_response_created(self, ev: dict[str, Any], now: float) -> None:
+        self.active_response = str((ev.get("response") or {}).get("id") or "") or None
+
+    def _first_output(self, now: float) -> None:
+        if self.awaiting_since is not None:
+            self.first_output_latencies.append(now - self.awaiting_since)
+            self.awaiting_since = None
+        self.stalls = 0
+
+    def _on_audio_delta(self, ev: dict[str, Any], now: float) -> None:
+        rid = ev.get("response_id")
+        if rid in self._discarded or self._out is None:
+            return  # late audio of a response the caller interrupted: the call already flushed it
+        it = self._bot_item(str(ev.get("item_id")), str(rid or ""))
+        if it.audio_done:
+            return
+        data = b64decode(ev.get("delta") or "")
+        it.produced_ms += self._out.source_ms(len(data))
+        ulaw = self._out.convert(data)
+        if not it.audio_open:
+            it.audio_open = True
+        if ulaw and self.sink is not None:
+            self._first_output(now)
+            self.sink.bot_audio(it.item_id, ulaw)
+
+    def _close_audio(self, it: BotItem) -> None:
+        if it.audio_open and not it.audio_done and self.sink is not None:
+            self.sink.bot_audio_done(it.item_id)
+        it.audio_done = True
+        it.audio_open = False
+        if self._out is not None:
+            self._out.reset()
+
+    def _on_audio_done(self, ev: dict[str, Any], now: float) -> None:
+        it = self.items.get(str(ev.get("item_id")))
+        if it is not None:
+            self._close_audio(it)
+
+    def _on_transcript_delta(self, ev: dict[str, Any], now: float) -> None:
+        if ev.get("response_id") in self._discarded:
+            return
+        it = self._bot_item(str(ev.get("item_id")), str(ev.get("response_id") or ""))
+        delta = str(ev.get("delta") or "")
+        it.text += delta
+        if it.turn is not None:
+            it.turn.text += delta
+        if self.sink is not None and delta:
+            self.sink.bot_text(it.item_id, delta, False)
+
+    def _on_transcript_done(self, ev: dict[str, Any], now: float) -> None:
+        it = self._bot_item(str(ev.get("item_id")), str(ev.get("response_id") or ""))
+        text = str(ev.get("transcript") if "transcript" in ev else ev.get("text") or "")
+        if ev.get("response_id") in self._discarded:
+            return
+        it.text = text
+        if it.turn is not None:
+            it.turn.text = text
+        if self.sink is not None:
+            self.sink.bot_text(it.item_id, text, True)
+
+    def _on_response_done(self, ev: dict[str, Any], now: float) -> None:
+        resp = ev.get("response") or {}
+        rid = resp.get("id")
+        self.usage.add_openai(resp.get("usage"))
+        if rid == self.active_response:
+            self.active_response = None
+        for it in self.items.values():
+            if it.response_id == rid:
+                self._close_audio(it)
+        if resp.get("status") == "failed":
+            details = resp.get("status_details") or {}
+            err = details.get("error") or {}
+            self.fault("response_failed", f"response {rid} failed: {err.get('code') or details}", False)
+
+    def _on_speech_started(self, ev: dict[str, Any], now: float) -> None:
+        self.awaiting_since = None
+        if self.sink is not None:
+            self.sink.speech_started()
+
+    def _on_speech_stopped(self, ev: dict[str, Any], now: float) -> None:
+        self.awaiting_since = now
+
+    def _on_caller_delta(self, ev: dict[str, Any], now: float) -> None:
+        delta = str(ev.get("delta") or "")
+        if delta and self.sink is not None:
+            self.sink.caller_text(delta, False)
+
+    def _on_caller_done(self, ev: dict[str, Any], now: float) -> None:
+        text = str(ev.get("transcript") or "")
+        turn = self._turn_for(str(ev.get("item_id")), "user")
+        turn.text = text
+        if self.sink is not None:
+            self.sink.caller_text(text, True)
+
+    def _on_error(self, ev: dict[str, Any], now: float) -> None:
+        err = ev.get("error") or {}
+        code = err.get("code")
+        if code in HARMLESS_ERROR_CODES:
+            return
+        fatal = (
+            code in FATAL_ERROR_CODES
+            or err.get("type") in FATAL_ERROR_TYPES
+            or (bool(self.session_event_id) and err.get("event_id") == self.session_event_id)
+        )
+        self.fault("error_event", f"{code or err.get('type')}: {err.get('message')}", fatal)
+
+    def check_stall(self, now: float) -> None:
+        """Called periodically: no output ``stall_timeout_s`` after the caller's turn ended is a fault.
+
+        The first stall retries (cancel whatever is stuck, request a new response); a second one in a row is
+        fatal.
+        """
+        if self.awaiting_since is None or now - self.awaiting_since < self.stall_timeout_s or self.failed:
+            return
+        self.stalls += 1
+        waited = now - self.awaiting_since
+        if self.stalls >= 2:
+            self.awaiting_since = None
+            self.fault("stall", f"no output {waited:.1f} s after the caller's turn (after a retry)", True)
+            return
+        self.fault("stall", f"no output {waited:.1f} s after the caller's turn; retrying", False)
+        if self.active_response is not None:
+            self._discarded.add(self.active_response)
+            self._send({"type": "response.cancel", "response_id": self.active_response})
+        self._send({"type": "response.create"})
+        self.awaiting_since = now
+
+    def disconnected(self) -> None:
+        """The session is gone: close open audio, forget per-session state (items keep their replay text)."""
+        for it in self.items.values():
+            self._close_audio(it)
+        self.active_response = None
+        self.items.clear()
+        self._discarded.clear()
+        self.awaiting_since = None
+
+    _handlers: ClassVar[dict[str, Callable[[RealtimeCore, dict[str, Any], float], None]]] = {
+        "conversation.item.added": _on_item_added,
+        "conversation.item.created": _on_item_added,
+        "response.output_item.added": _on_output_item_added,
+        "response.created": _on_response_created,
+        "response.output_audio.delta": _on_audio_delta,
+        "response.output_audio.done": _on_audio_done,
+        "response.output_audio_transcript.delta": _on_transcript_delta,
+        "response.output_audio_transcript.done": _on_transcript_done,
+        "response.done": _on_response_done,
+        "input_audio_buffer.speech_started": _on_speech_started,
+        "input_audio_buffer.speech_stopped": _on_speech_stopped,
+        "conversation.item.input_audio_transcription.delta": _on_caller_delta,
+        "conversation.item.input_audio_transcription.completed": _on_caller_done,
+        "error": _on_error,
+    }
+
+
+@dataclass(slots=True)
+class _Tasks:
+    receiver: asyncio.Task[None] | None = None
+    sender: asyncio.Task[None] | None = None
+    watchdog: asyncio.Task[None] | None = None
+    all: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class RealtimeLink:
+    """The I/O edge for one OpenAI Realtime session: connect, send, receive, watch, reconnect."""
+
+    connect_timeout_s = 10.0
+    reconnect_attempts = 2
+
+    def __init__(
+        self,
+        settings: Settings,
+        core: RealtimeCore,
+        *,
+        append_frames: int = 2,
+        on_event: Callable[[dict[str, Any], float], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.core = core
+        self._on_event = on_event
+        self._conn: Any = None
+        self._audio = bytearray()
+        frame_bytes = 160 if core.pcmu else 960
+        self._batch_bytes = frame_bytes * max(1, append_frames)
+        self._wake = asyncio.Event()
+        self._tasks = _Tasks()
+        self._closing = False
+        self.connected = False
+        self.reconnects = 0
+
+    async def _open(self) -> None:
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(
+            api_key=self.settings.openai_api_key or "missing",
+            websocket_base_url=self.settings.openai_websocket_base_url,
+        )
+        manager = client.realtime.connect(model=self.settings.openai_model)
+        self._conn = await asyncio.wait_for(manager.enter(), self.connect_timeout_s)
+        self.connected = True
+
+    async def connect(self) -> bool:
+        """Open the session and queue ``session.update``. A failure is reported (fatal) and returns False."""
+        if self.connected:
+            return True
+        try:
+            await self._open()
+        except Exception as exc:
+            self.core.fault("connect", f"OpenAI Realtime connect failed: {type(exc).__name__}: {exc}", True)
+            return False
+        self.core.queue_session_update()
+        self._start_tasks()
+        return True
+
+    def _start_tasks(self) -> None:
+        if self._tasks.receiver is None:
+            self._tasks.receiver = asyncio.create_task(self._receive(), name="openai-recv")
+            self._tasks.sender = asyncio.create_task(self._sender(), name="openai-send")
+            self._tasks.watchdog = asyncio.create_task(self._watchdog(), name="openai-watchdog")
+        self._wake.set()
+
+    def push_audio(self, data: Any) -> None:
+        """Hot path: queue one frame of audio in the session format (any buffer)."""
+        audio = self._audio
+        audio += data
+        if len(audio) >= self._batch_bytes:
+            self._wake.set()
+
+    def kick(self) -> None:
+        """Wake the sender (the core queued client events)."""
+        self._wake.set()
+
+    async def _sender(self) -> None:
+        outbox = self.core.outbox
+        while not self._closing:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.connected:
+                self._audio.clear()  # audio during a reconnect gap cannot be delivered meaningfully
+                continue
+            try:
+                while outbox:
+                    await self._conn.send_raw(outbox[0])
+                    outbox.popleft()
+                if self._audio:
+                    msg = APPEND_PREFIX + base64.b64encode(self._audio).decode("ascii") + APPEND_SUFFIX
+                    self._audio.clear()
+                    await self._conn.send_raw(msg)
+            except Exception:
+                await asyncio.sleep(0.05)
+
+    async def _watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            await asyncio.sleep(0.2)
+            self.core.check_stall(loop.time())
+            if self.core.outbox:
+                self._wake.set()
+
+    async def _receive(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        loop = asyncio.get_running_loop()
+        core = self.core
+        while not self._closing:
+            try:
+                raw = await self._conn.recv_bytes()
+            except ConnectionClosed as exc:
+                if self._closing:
+                    return
+                if not await self._handle_drop(exc):
+                    return
+                continue
+            except Exception as exc:
+                if self._closing:
+                    return
+                if not await self._handle_drop(exc):
+                    return
+                continue
+            try:
+                ev = json.loads(raw)
+            except ValueError:
+                core.fault("bad_event", "OpenAI sent a non-JSON message", False)
+                continue
+            if not isinstance(ev, dict):
+                continue
+            now = loop.time()
+            try:
+                core.feed(ev, now)
+                if self._on_event is not None:
+                    self._on_event(ev, now)
+            except Exception as exc:
+                log.warning("openai event %s not handled: %r", ev.get("type"), exc)
+            if core.outbox:
+                self._wake.set()
+
+    async def _handle_drop(self, exc: BaseException) -> bool:
+        """The socket closed under us: report, reconnect with context; returns True when a new session is
+        up.
+        """
+        self.connected = False
+        rcvd = getattr(exc, "rcvd", None)
+        code = getattr(rcvd, "code", None)
+        reason = getattr(rcvd, "reason", "") or str(exc)
+        kind = "session_limit" if "maximum duration" in reason else "dropped"
+        self.core.disconnected()
+        self.core.outbox.clear()
+        self.core.fault(kind, f"OpenAI Realtime connection closed ({code}: {reason}); reconnecting", False)
+        last = ""
+        for attempt in range(self.reconnect_attempts):
+            if self._closing:
+                return False
+            await asyncio.sleep(0.2 * attempt)
+            try:
+                await self._open()
+            except Exception as err:
+                last = f"{type(err).__name__}: {err}"
+                continue
+            self.reconnects += 1
+            self.core.queue_session_update()
+            self.core.queue_context_replay()
+            self._wake.set()
+            return True
+        self.core.fault(kind, f"OpenAI Realtime reconnect failed ({last})", True)
+        return False
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        for task in (self._tasks.receiver, self._tasks.sender, self._tasks.watchdog):
+            if task is not None:
+                task.cancel()
+        for task in (self._tasks.receiver, self._tasks.sender, self._tasks.watchdog):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._tasks = _Tasks()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.close(), 2.0)
+        self._conn = None
+        self.connected = False
+
+
+class OpenAIRealtimeAgent(Agent):
+    """OpenAI Realtime speech-to-speech (see the module docstring)."""
+
+    name = "openai"
+
+    def __init__(self, settings: Settings, *, append_frames: int = 2) -> None:
+        self.settings = settings
+        self.core = RealtimeCore(settings)
+        self.link = RealtimeLink(settings, self.core, append_frames=append_frames)
+        self._in = None if self.core.pcmu else FromPcm8k(24000)
+        self._started = False
+
+    @property
+    def usage(self) -> Usage:
+        """Token usage totals of the call so far (summed over ``response.done`` events)."""
+        return self.core.usage
+
+    async def prepare(self) -> None:
+        await self.link.connect()
+
+    async def start(self, call: CallInfo, sink: AgentSink) -> None:
+        self.core.attach(sink)
+        if not await self.link.connect():
+            return
+        self._started = True
+        self.core.queue_greeting(asyncio.get_running_loop().time())
+        self.link.kick()
+
+    def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
+        if self._in is None:
+            self.link.push_audio(ulaw)
+        else:
+            self.link.push_audio(self._in.convert(pcm))
+
+    def barge_in(self, heard: Heard | None) -> None:
+        self.core.barge_in(heard)
+        self.link.kick()
+
+    async def close(self) -> None:
+        await self.link.close()
