@@ -1,4 +1,4 @@
-"""A local emulator of the OpenAI Realtime API (GA interface) over WebSocket, for tests and offline deployments.
+"""A local emulator of the OpenAI Realtime API (GA interface) over WebSocket, for tests and offline use.
 
 It speaks the GA wire protocol described in ``shared/reference/vendors.md`` §A:
 
@@ -6,17 +6,17 @@ It speaks the GA wire protocol described in ``shared/reference/vendors.md`` §A:
   handshake (``OpenAI-Beta: realtime=v1`` or the ``openai-beta.realtime-v1`` subprotocol) gets the
   ``beta_api_shape_disabled`` error and close 4000.
 * every client event is validated against the openai SDK's own pydantic models (``RealtimeClientEvent``), with
-  unknown fields rejected the way OpenAI does (``Unknown parameter: 'session.input_audio_format'.``); a bad event
-  gets an ``error`` event naming the parameter and the client's ``event_id``, and the socket stays open.
+  unknown fields rejected the way OpenAI does (``Unknown parameter: 'session.input_audio_format'.``); a bad
+  event gets an ``error`` event naming the parameter and the client's ``event_id``, and the socket stays open.
 * ``session.created`` / ``session.updated`` (full effective config), server VAD (webrtcvad) on appended audio,
-  ``input_audio_buffer.*``, scripted replies rendered by :mod:`rtvoice.sim.voice` in the session's output format
-  (or text-only), function calls, ``response.cancel``, ``conversation.item.truncate`` with its validation.
+  ``input_audio_buffer.*``, scripted replies rendered by :mod:`rtvoice.sim.voice` in the session's output
+  format (or text-only), function calls, ``response.cancel``, ``conversation.item.truncate`` (validated).
 * fault injection (:class:`OpenAIFaults`): refused handshakes, dropped sockets mid-response, injected errors,
   stalled first audio, failed responses and a (short) session duration limit.
 
 Layout: :class:`EventValidator`, :class:`ServerVad`, :class:`ScriptCursor` and :func:`usage_for` are plain
-sans-I/O classes; :class:`RealtimeSession` holds one connection's state and :class:`OpenAIRealtimeEmulator` is the
-thin ``websockets`` edge.
+sans-I/O classes; :class:`RealtimeSession` holds one connection's state and :class:`OpenAIRealtimeEmulator` is
+the thin ``websockets`` edge.
 
 Usage::
 
@@ -51,6 +51,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from rtvoice.sim import voice
 
@@ -78,9 +79,10 @@ class FunctionCall:
 class Reply:
     """One scripted assistant turn.
 
-    ``text`` is spoken (or written, in text-only sessions). ``user_transcript`` is what the emulator "heard" in the
-    caller's audio turn that triggers this reply (sent as the input transcription). ``match``: when set, this reply
-    is chosen for a user turn whose text contains it (case-insensitive), ahead of the in-order replies.
+    ``text`` is spoken (or written, in text-only sessions). ``user_transcript`` is what the emulator "heard"
+    in the caller's audio turn that triggers this reply (sent as the input transcription). ``match``: when
+    set, this reply is chosen for a user turn whose text contains it (case-insensitive), ahead of the
+    in-order replies.
     """
 
     text: str = ""
@@ -90,7 +92,7 @@ class Reply:
 
 
 class Script:
-    """Replies for each user turn: in order, or by matching the user's text. Past the end, ``default`` repeats."""
+    """Replies per user turn: in order, or by matching the user's text. Past the end, ``default`` repeats."""
 
     def __init__(self, replies: Iterable[str | Reply] = (), default: str | Reply | None = "Sure.") -> None:
         self.replies: list[Reply] = [r if isinstance(r, Reply) else Reply(text=r) for r in replies]
@@ -135,7 +137,9 @@ class ScriptCursor:
 class ClientEventError(Exception):
     """A client event OpenAI would reject; carries the fields of the ``error`` event."""
 
-    def __init__(self, message: str, code: str | None, param: str | None, event_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, code: str | None, param: str | None, event_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -239,11 +243,16 @@ class EventValidator:
         event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
         etype = raw.get("type")
         if "type" not in raw:
-            raise ClientEventError("Missing required parameter: 'type'.", "missing_required_parameter", "type", event_id)
+            raise ClientEventError(
+                "Missing required parameter: 'type'.", "missing_required_parameter", "type", event_id
+            )
         if not isinstance(etype, str) or etype not in self._adapters:
             supported = ", ".join(f"'{t}'" for t in self.event_types)
             raise ClientEventError(
-                f"Invalid value: '{etype}'. Supported values are: {supported}.", "invalid_value", "type", event_id
+                f"Invalid value: '{etype}'. Supported values are: {supported}.",
+                "invalid_value",
+                "type",
+                event_id,
             )
         try:
             model = self._adapters[etype].validate_python(raw)
@@ -251,7 +260,9 @@ class EventValidator:
             raise self._translate(exc, raw, event_id) from None
         extras = _extras(model, "")
         if extras:
-            raise ClientEventError(f"Unknown parameter: '{extras[0]}'.", "unknown_parameter", extras[0], event_id)
+            raise ClientEventError(
+                f"Unknown parameter: '{extras[0]}'.", "unknown_parameter", extras[0], event_id
+            )
         self._semantic(etype, raw, event_id)
         return model, raw
 
@@ -268,17 +279,22 @@ class EventValidator:
         if kind in ("literal_error", "enum"):
             expected = err.get("ctx", {}).get("expected", "")
             return ClientEventError(
-                f"Invalid value: '{err['input']}'. Supported values are: {expected}.", "invalid_value", param, event_id
+                f"Invalid value: '{err['input']}'. Supported values are: {expected}.",
+                "invalid_value",
+                param,
+                event_id,
             )
         if kind in _TYPE_NAMES:
             return ClientEventError(
-                f"Invalid type for '{param}': expected {_TYPE_NAMES[kind]}, but got {_json_kind(err['input'])} "
-                "instead.",
+                f"Invalid type for '{param}': expected {_TYPE_NAMES[kind]}, "
+                f"but got {_json_kind(err['input'])} instead.",
                 "invalid_type",
                 param,
                 event_id,
             )
-        return ClientEventError(f"Invalid value for '{param}': {err['msg']}.", "invalid_value", param, event_id)
+        return ClientEventError(
+            f"Invalid value for '{param}': {err['msg']}.", "invalid_value", param, event_id
+        )
 
     @staticmethod
     def _semantic(etype: str, raw: JSON, event_id: str | None) -> None:
@@ -298,7 +314,10 @@ class EventValidator:
                 base64.b64decode(raw["audio"], validate=True)
             except (binascii.Error, ValueError):
                 raise ClientEventError(
-                    "Invalid 'audio'. Expected base64-encoded audio bytes.", "invalid_value", "audio", event_id
+                    "Invalid 'audio'. Expected base64-encoded audio bytes.",
+                    "invalid_value",
+                    "audio",
+                    event_id,
                 ) from None
             if len(raw["audio"]) * 3 // 4 > 15 * 1024 * 1024:
                 raise ClientEventError(
@@ -309,7 +328,7 @@ class EventValidator:
                 )
 
 
-# ------------------------------------------------------------------------------------------------ audio formats
+# ---------------------------------------------------------------------------------------------- audio formats
 
 
 def format_of(fmt: JSON | None) -> str:
@@ -347,8 +366,8 @@ def encode_from_pcm(samples: voice.Int16Array, fmt: str) -> bytes:
 class ServerVad:
     """OpenAI-style server VAD on appended audio (sans-I/O): webrtcvad + an energy gate, 20 ms frames.
 
-    :meth:`feed` returns ``("speech_started", audio_start_ms)`` / ``("speech_stopped", audio_end_ms)`` decisions
-    in buffer time (ms of audio appended since the session started), like OpenAI's ``audio_start_ms``.
+    :meth:`feed` returns ``("speech_started", audio_start_ms)`` / ``("speech_stopped", audio_end_ms)``
+    decisions in buffer time (ms of audio appended since the session started), as OpenAI's ``audio_start_ms``.
     """
 
     FRAME = 160  # 20 ms at 8 kHz
@@ -435,11 +454,17 @@ class OpenAIEmulatorConfig:
 
     api_key: str | None = None  #: when set, only this Bearer key is accepted
     ms_per_char: float = 60.0  #: synthetic speech rate (duration of a reply = len(text) * ms_per_char)
-    first_audio_delay_ms: float = 0.0  #: time from response.created to the first delta ("time to first audio")
+    first_audio_delay_ms: float = (
+        0.0  #: time from response.created to the first delta ("time to first audio")
+    )
     speed: float = 0.0  #: audio generation speed in x real time; 0 = as fast as possible
     chunk_ms: int = 100  #: audio per response.output_audio.delta
     max_audio_ms: float | None = None  #: cap on the audio of one reply (the text is cut to match)
     session_max_minutes: float = 60.0  #: what the close reason says
+
+
+def _or(value: Any, default: float) -> float:
+    return default if value is None else float(value)
 
 
 def _id(prefix: str, n: int) -> str:
@@ -491,7 +516,9 @@ def default_session_config(session_id: str, model: str) -> JSON:
     }
 
 
-def usage_for(input_text_chars: int, input_audio_ms: float, output_text: str, output_audio_ms: float, cached: int) -> JSON:
+def usage_for(
+    input_text_chars: int, input_audio_ms: float, output_text: str, output_audio_ms: float, cached: int
+) -> JSON:
     """Plausible token usage: ~4 chars per text token, 1 input audio token per 100 ms, 1 output per 50 ms."""
     in_text = max(1, input_text_chars // 4)
     in_audio = int(input_audio_ms // 100)
@@ -508,8 +535,11 @@ def usage_for(input_text_chars: int, input_audio_ms: float, output_text: str, ou
             "audio_tokens": in_audio,
             "image_tokens": 0,
             "cached_tokens": cached,
-            "cached_tokens_details": {"text_tokens": min(cached, in_text), "audio_tokens": max(0, cached - in_text),
-                                      "image_tokens": 0},
+            "cached_tokens_details": {
+                "text_tokens": min(cached, in_text),
+                "audio_tokens": max(0, cached - in_text),
+                "image_tokens": 0,
+            },
         },
         "output_token_details": {"text_tokens": out_text, "audio_tokens": out_audio},
     }
@@ -550,11 +580,13 @@ class ActiveResponse:
 class RealtimeSession:
     """One Realtime connection: conversation state, VAD, responses. Introspected by tests.
 
-    ``received`` holds every client event that passed validation (as the raw dicts), ``sent`` every server event,
-    ``rejected`` the error events answered to invalid client events.
+    ``received`` holds every client event that passed validation (as the raw dicts), ``sent`` every server
+    event, ``rejected`` the error events answered to invalid client events.
     """
 
-    def __init__(self, emulator: OpenAIRealtimeEmulator, ws: ServerConnection, model: str, index: int) -> None:
+    def __init__(
+        self, emulator: OpenAIRealtimeEmulator, ws: ServerConnection, model: str, index: int
+    ) -> None:
         self.emulator = emulator
         self.ws = ws
         self.index = index
@@ -596,11 +628,19 @@ class RealtimeSession:
         self.sent.append(event)
         await self.ws.send(json.dumps(event))
 
-    async def error(self, message: str, code: str | None, param: str | None = None,
-                    event_id: str | None = None, etype: str = "invalid_request_error") -> None:
+    async def error(
+        self,
+        message: str,
+        code: str | None,
+        param: str | None = None,
+        event_id: str | None = None,
+        etype: str = "invalid_request_error",
+    ) -> None:
         """Send an ``error`` event (the socket stays open, like OpenAI)."""
-        ev = {"type": "error", "error": {"type": etype, "code": code, "message": message, "param": param,
-                                         "event_id": event_id}}
+        ev = {
+            "type": "error",
+            "error": {"type": etype, "code": code, "message": message, "param": param, "event_id": event_id},
+        }
         self.rejected.append(ev)
         await self.send(ev)
 
@@ -625,8 +665,8 @@ class RealtimeSession:
             return None
         return ServerVad(
             self.input_format,
-            threshold=float(td.get("threshold") if td.get("threshold") is not None else 0.5),
-            prefix_padding_ms=int(td.get("prefix_padding_ms") if td.get("prefix_padding_ms") is not None else 300),
+            threshold=float(_or(td.get("threshold"), 0.5)),
+            prefix_padding_ms=int(_or(td.get("prefix_padding_ms"), 300)),
             silence_duration_ms=int(td.get("silence_duration_ms") or 500),
         )
 
@@ -675,13 +715,25 @@ class RealtimeSession:
         upd = copy.deepcopy(raw["session"])
         if upd.get("type") != self.config["type"]:
             await self.error(
-                f"Invalid value: '{upd.get('type')}'. Cannot change the session type of a 'realtime' session.",
-                "invalid_value", "session.type", raw.get("event_id"))
+                f"Invalid value: '{upd.get('type')}'. "
+                "Cannot change the session type of a 'realtime' session.",
+                "invalid_value",
+                "session.type",
+                raw.get("event_id"),
+            )
             return
         voice_new = (upd.get("audio") or {}).get("output", {}).get("voice")
-        if voice_new is not None and self.audio_first_output and voice_new != self.config["audio"]["output"]["voice"]:
-            await self.error("Cannot update a conversation's voice if assistant audio is present.",
-                             "cannot_update_voice", "session.audio.output.voice", raw.get("event_id"))
+        if (
+            voice_new is not None
+            and self.audio_first_output
+            and voice_new != self.config["audio"]["output"]["voice"]
+        ):
+            await self.error(
+                "Cannot update a conversation's voice if assistant audio is present.",
+                "cannot_update_voice",
+                "session.audio.output.voice",
+                raw.get("event_id"),
+            )
             return
         if "model" in upd and upd["model"] != self.config["model"]:
             upd.pop("model")  # the model is fixed by the URL; OpenAI ignores a change here
@@ -691,7 +743,9 @@ class RealtimeSession:
         if old_vad is not None and self._vad is not None:
             self._vad.position_ms = old_vad.position_ms
         elif self._vad is not None:
-            self._vad.position_ms = self._buffer_start_ms + len(self._buffer) // bytes_per_ms(self.input_format)
+            self._vad.position_ms = self._buffer_start_ms + len(self._buffer) // bytes_per_ms(
+                self.input_format
+            )
         await self.send({"type": "session.updated", "session": copy.deepcopy(self.config)})
 
     # ---- input audio buffer
@@ -705,14 +759,21 @@ class RealtimeSession:
         for kind, ms in self._vad.feed(data):
             if kind == "speech_started":
                 self._speech_item = self.next_id("item")
-                await self.send({"type": "input_audio_buffer.speech_started", "audio_start_ms": ms,
-                                 "item_id": self._speech_item})
+                await self.send(
+                    {
+                        "type": "input_audio_buffer.speech_started",
+                        "audio_start_ms": ms,
+                        "item_id": self._speech_item,
+                    }
+                )
                 td = self.turn_detection or {}
                 if self.response and td.get("interrupt_response", True) is not False:
                     await self.cancel_response("turn_detected")
             else:
                 item_id = self._speech_item or self.next_id("item")
-                await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": ms, "item_id": item_id})
+                await self.send(
+                    {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": ms, "item_id": item_id}
+                )
                 await self._commit(item_id)
                 self._speech_item = None
                 td = self.turn_detection or {}
@@ -724,28 +785,50 @@ class RealtimeSession:
         audio_ms = len(self._buffer) / bytes_per_ms(self.input_format)
         self._buffer_start_ms += int(audio_ms)
         self._buffer.clear()
-        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": prev})
+        await self.send(
+            {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": prev}
+        )
         reply = self.cursor.peek()
         transcript = reply.user_transcript if reply and reply.user_transcript is not None else None
-        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
-                "content": [{"type": "input_audio", "transcript": None}]}
+        item: JSON = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
         self.items[item_id] = ConversationItem(item, audio_ms=audio_ms)
-        await self.send({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
-        await self.send({"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)})
+        await self.send(
+            {"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)}
+        )
+        await self.send(
+            {"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)}
+        )
         self._last_user_text = transcript
         if self.config["audio"]["input"].get("transcription") and transcript is not None:
             item["content"][0]["transcript"] = transcript
-            await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item_id,
-                             "content_index": 0, "transcript": transcript,
-                             "usage": {"type": "duration", "seconds": round(audio_ms / 1000.0, 3)}})
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": transcript,
+                    "usage": {"type": "duration", "seconds": round(audio_ms / 1000.0, 3)},
+                }
+            )
 
     async def _on_input_audio_buffer_commit(self, model: Any, raw: JSON) -> None:
         if len(self._buffer) < bytes_per_ms(self.input_format) * 100:
             have = len(self._buffer) / bytes_per_ms(self.input_format)
             await self.error(
-                "Error committing input audio buffer: buffer too small. Expected at least 100ms of audio, but "
-                f"buffer only has {have:.2f}ms of audio.", "input_audio_buffer_commit_empty", None,
-                raw.get("event_id"))
+                "Error committing input audio buffer: buffer too small. "
+                "Expected at least 100ms of audio, but "
+                f"buffer only has {have:.2f}ms of audio.",
+                "input_audio_buffer_commit_empty",
+                None,
+                raw.get("event_id"),
+            )
             return
         item_id = self._speech_item or self.next_id("item")
         self._speech_item = None
@@ -758,8 +841,12 @@ class RealtimeSession:
 
     async def _on_output_audio_buffer_clear(self, model: Any, raw: JSON) -> None:
         # WebRTC/SIP only: over WebSocket OpenAI answers with an error.
-        await self.error("output_audio_buffer.clear is only supported for WebRTC and SIP connections.",
-                         "invalid_value", "type", raw.get("event_id"))
+        await self.error(
+            "output_audio_buffer.clear is only supported for WebRTC and SIP connections.",
+            "invalid_value",
+            "type",
+            raw.get("event_id"),
+        )
 
     # ---- conversation items
 
@@ -769,19 +856,29 @@ class RealtimeSession:
     async def _on_conversation_item_create(self, model: Any, raw: JSON) -> None:
         item = copy.deepcopy(raw["item"])
         eid = raw.get("event_id")
-        if item.get("type") == "message" and item.get("role") == "assistant" and any(
-            c.get("type") == "output_audio" for c in item.get("content", [])
+        if (
+            item.get("type") == "message"
+            and item.get("role") == "assistant"
+            and any(c.get("type") == "output_audio" for c in item.get("content", []))
         ):
-            await self.error("Assistant messages with audio content cannot be created by the client.",
-                             "invalid_value", "item.content", eid)
+            await self.error(
+                "Assistant messages with audio content cannot be created by the client.",
+                "invalid_value",
+                "item.content",
+                eid,
+            )
             return
         prev = raw.get("previous_item_id")
         if prev is not None and prev != "root" and prev not in self.items:
-            await self.error(f"Previous item with id '{prev}' not found.", "item_not_found", "previous_item_id", eid)
+            await self.error(
+                f"Previous item with id '{prev}' not found.", "item_not_found", "previous_item_id", eid
+            )
             return
         item.setdefault("id", self.next_id("item"))
         if item["id"] in self.items:
-            await self.error(f"Item with id '{item['id']}' already exists.", "item_already_exists", "item.id", eid)
+            await self.error(
+                f"Item with id '{item['id']}' already exists.", "item_already_exists", "item.id", eid
+            )
             return
         item["object"] = "realtime.item"
         item.setdefault("status", "completed")
@@ -792,14 +889,19 @@ class RealtimeSession:
             texts = [c.get("text") or c.get("transcript") or "" for c in item.get("content", [])]
             self._last_user_text = " ".join(t for t in texts if t)
             self._conv_chars += len(self._last_user_text)
-        await self.send({"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)})
-        await self.send({"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)})
+        await self.send(
+            {"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)}
+        )
+        await self.send(
+            {"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)}
+        )
 
     async def _on_conversation_item_delete(self, model: Any, raw: JSON) -> None:
         item_id = raw["item_id"]
         if item_id not in self.items:
-            await self.error(f"Item with item_id '{item_id}' not found.", "item_not_found", "item_id",
-                             raw.get("event_id"))
+            await self.error(
+                f"Item with item_id '{item_id}' not found.", "item_not_found", "item_id", raw.get("event_id")
+            )
             return
         del self.items[item_id]
         await self.send({"type": "conversation.item.deleted", "item_id": item_id})
@@ -807,10 +909,13 @@ class RealtimeSession:
     async def _on_conversation_item_retrieve(self, model: Any, raw: JSON) -> None:
         item_id = raw["item_id"]
         if item_id not in self.items:
-            await self.error(f"Item with item_id '{item_id}' not found.", "item_not_found", "item_id",
-                             raw.get("event_id"))
+            await self.error(
+                f"Item with item_id '{item_id}' not found.", "item_not_found", "item_id", raw.get("event_id")
+            )
             return
-        await self.send({"type": "conversation.item.retrieved", "item": copy.deepcopy(self.items[item_id].data)})
+        await self.send(
+            {"type": "conversation.item.retrieved", "item": copy.deepcopy(self.items[item_id].data)}
+        )
 
     async def _on_conversation_item_truncate(self, model: Any, raw: JSON) -> None:
         eid = raw.get("event_id")
@@ -825,37 +930,58 @@ class RealtimeSession:
             return
         content = data.get("content", [])
         if idx >= len(content) or content[idx].get("type") != "output_audio":
-            await self.error(f"Invalid content_index {idx}: the content part is not audio.", "invalid_value",
-                             "content_index", eid)
+            await self.error(
+                f"Invalid content_index {idx}: the content part is not audio.",
+                "invalid_value",
+                "content_index",
+                eid,
+            )
             return
         if end_ms < 0 or end_ms > stored.audio_ms:
             await self.error(
                 f"Audio content of {stored.audio_ms:.0f}ms is already shorter than {end_ms}ms",
-                "invalid_value", "audio_end_ms", eid)
+                "invalid_value",
+                "audio_end_ms",
+                eid,
+            )
             return
         # Keep only the characters whose synthetic audio started before the cut (exact for voice.render).
         keep = math.ceil(end_ms / self.emulator.config.ms_per_char)
         content[idx]["transcript"] = stored.full_text[:keep]
         stored.audio_ms = float(end_ms)
-        await self.send({"type": "conversation.item.truncated", "item_id": item_id, "content_index": idx,
-                         "audio_end_ms": end_ms})
+        await self.send(
+            {
+                "type": "conversation.item.truncated",
+                "item_id": item_id,
+                "content_index": idx,
+                "audio_end_ms": end_ms,
+            }
+        )
 
     # ---- responses
 
     async def _on_response_create(self, model: Any, raw: JSON) -> None:
         if self.response is not None:
             await self.error(
-                f"Conversation already has an active response in progress: {self.response.id}. Wait until the "
-                "response is finished before creating a new one.", "conversation_already_has_active_response",
-                None, raw.get("event_id"))
+                f"Conversation already has an active response in progress: {self.response.id}. "
+                "Wait until the "
+                "response is finished before creating a new one.",
+                "conversation_already_has_active_response",
+                None,
+                raw.get("event_id"),
+            )
             return
         await self.start_response(raw.get("response") or {})
 
     async def _on_response_cancel(self, model: Any, raw: JSON) -> None:
         rid = raw.get("response_id")
         if self.response is None or (rid is not None and rid != self.response.id):
-            await self.error("Cancellation failed: no active response found.", "response_cancel_not_active", None,
-                             raw.get("event_id"))
+            await self.error(
+                "Cancellation failed: no active response found.",
+                "response_cancel_not_active",
+                None,
+                raw.get("event_id"),
+            )
             return
         await self.cancel_response("client_cancelled")
 
@@ -867,25 +993,40 @@ class RealtimeSession:
             reply = self.cursor.next(self._last_user_text)
         self._last_user_text = None
         mods = params.get("output_modalities") or self.config["output_modalities"]
-        out_fmt = ((params.get("audio") or {}).get("output") or {}).get("format") or \
-            self.config["audio"]["output"]["format"]
-        resp = ActiveResponse(id=self.next_id("resp"), modality=mods[0], fmt=format_of(out_fmt), reply=reply,
-                              in_conversation=params.get("conversation", "auto") != "none",
-                              metadata=params.get("metadata"))
+        out_fmt = ((params.get("audio") or {}).get("output") or {}).get("format") or self.config["audio"][
+            "output"
+        ]["format"]
+        resp = ActiveResponse(
+            id=self.next_id("resp"),
+            modality=mods[0],
+            fmt=format_of(out_fmt),
+            reply=reply,
+            in_conversation=params.get("conversation", "auto") != "none",
+            metadata=params.get("metadata"),
+        )
         self.response = resp
         resp.task = asyncio.create_task(self._generate(resp, mods, out_fmt))
 
-    def _response_obj(self, resp: ActiveResponse, status: str, details: JSON | None = None,
-                      usage: JSON | None = None) -> JSON:
+    def _response_obj(
+        self, resp: ActiveResponse, status: str, details: JSON | None = None, usage: JSON | None = None
+    ) -> JSON:
         return {
-            "object": "realtime.response", "id": resp.id, "status": status, "status_details": details,
-            "output": copy.deepcopy(resp.output), "conversation_id": "conv_" + self.id[5:] if resp.in_conversation
-            else None, "output_modalities": [resp.modality],
+            "object": "realtime.response",
+            "id": resp.id,
+            "status": status,
+            "status_details": details,
+            "output": copy.deepcopy(resp.output),
+            "conversation_id": "conv_" + self.id[5:] if resp.in_conversation else None,
+            "output_modalities": [resp.modality],
             "max_output_tokens": self.config.get("max_output_tokens", "inf"),
-            "audio": {"output": {"format": {"type": f"audio/{resp.fmt}", **({"rate": 24000} if resp.fmt == "pcm"
-                                                                               else {})},
-                                 "voice": self.config["audio"]["output"]["voice"]}},
-            "usage": usage, "metadata": resp.metadata,
+            "audio": {
+                "output": {
+                    "format": {"type": f"audio/{resp.fmt}", **({"rate": 24000} if resp.fmt == "pcm" else {})},
+                    "voice": self.config["audio"]["output"]["voice"],
+                }
+            },
+            "usage": usage,
+            "metadata": resp.metadata,
         }
 
     async def _generate(self, resp: ActiveResponse, mods: list[str], out_fmt: JSON) -> None:
@@ -893,12 +1034,21 @@ class RealtimeSession:
         faults = self.emulator.faults
         try:
             await self.send({"type": "response.created", "response": self._response_obj(resp, "in_progress")})
-            await self.send({"type": "rate_limits.updated", "rate_limits": [
-                {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
-                {"name": "tokens", "limit": 400000, "remaining": 395000, "reset_seconds": 0.75}]})
+            await self.send(
+                {
+                    "type": "rate_limits.updated",
+                    "rate_limits": [
+                        {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+                        {"name": "tokens", "limit": 400000, "remaining": 395000, "reset_seconds": 0.75},
+                    ],
+                }
+            )
             if faults.fail_responses:
-                await self._finish(resp, "failed", {"type": "failed", "error": {"type": "server_error",
-                                                                                "code": "server_error"}})
+                await self._finish(
+                    resp,
+                    "failed",
+                    {"type": "failed", "error": {"type": "server_error", "code": "server_error"}},
+                )
                 return
             if cfg.first_audio_delay_ms > 0:
                 await asyncio.sleep(cfg.first_audio_delay_ms / 1000.0)
@@ -919,34 +1069,69 @@ class RealtimeSession:
         resp.output.append(item)
         resp.item_id = item["id"]
         prev = self._last_item_id()
-        await self.send({"type": "response.output_item.added", "response_id": resp.id,
-                         "output_index": len(resp.output) - 1, "item": copy.deepcopy(item)})
+        await self.send(
+            {
+                "type": "response.output_item.added",
+                "response_id": resp.id,
+                "output_index": len(resp.output) - 1,
+                "item": copy.deepcopy(item),
+            }
+        )
         if resp.in_conversation:
             self.items[item["id"]] = ConversationItem(item)
-            await self.send({"type": "conversation.item.added", "previous_item_id": prev,
-                             "item": copy.deepcopy(item)})
+            await self.send(
+                {"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)}
+            )
 
     async def _function_call(self, resp: ActiveResponse, call: FunctionCall) -> None:
-        item = {"id": self.next_id("item"), "object": "realtime.item", "type": "function_call",
-                "status": "in_progress", "call_id": call.call_id or self.next_id("call"), "name": call.name,
-                "arguments": ""}
+        item = {
+            "id": self.next_id("item"),
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "call_id": call.call_id or self.next_id("call"),
+            "name": call.name,
+            "arguments": "",
+        }
         await self._add_output_item(resp, item)
-        ids = {"response_id": resp.id, "item_id": item["id"], "output_index": len(resp.output) - 1,
-               "call_id": item["call_id"]}
+        ids = {
+            "response_id": resp.id,
+            "item_id": item["id"],
+            "output_index": len(resp.output) - 1,
+            "call_id": item["call_id"],
+        }
         step = 8
         for i in range(0, len(call.arguments), step):
-            await self.send({"type": "response.function_call_arguments.delta", **ids,
-                             "delta": call.arguments[i : i + step]})
-        await self.send({"type": "response.function_call_arguments.done", **ids, "name": call.name,
-                         "arguments": call.arguments})
+            await self.send(
+                {
+                    "type": "response.function_call_arguments.delta",
+                    **ids,
+                    "delta": call.arguments[i : i + step],
+                }
+            )
+        await self.send(
+            {
+                "type": "response.function_call_arguments.done",
+                **ids,
+                "name": call.name,
+                "arguments": call.arguments,
+            }
+        )
         item["arguments"] = call.arguments
         item["status"] = "completed"
         resp.text_sent = call.arguments
-        await self.send({"type": "response.output_item.done", "response_id": resp.id,
-                         "output_index": len(resp.output) - 1, "item": copy.deepcopy(item)})
+        await self.send(
+            {
+                "type": "response.output_item.done",
+                "response_id": resp.id,
+                "output_index": len(resp.output) - 1,
+                "item": copy.deepcopy(item),
+            }
+        )
         if resp.in_conversation:
-            await self.send({"type": "conversation.item.done", "item": copy.deepcopy(item),
-                             "previous_item_id": None})
+            await self.send(
+                {"type": "conversation.item.done", "item": copy.deepcopy(item), "previous_item_id": None}
+            )
 
     async def _message(self, resp: ActiveResponse, text: str) -> None:
         cfg = self.emulator.config
@@ -955,14 +1140,24 @@ class RealtimeSession:
             text = text[: max(1, int(cfg.max_audio_ms // cfg.ms_per_char))] if text else text
         audio = resp.modality == "audio"
         ctype = "output_audio" if audio else "output_text"
-        item = {"id": self.next_id("item"), "object": "realtime.item", "type": "message", "role": "assistant",
-                "status": "in_progress", "content": []}
+        item: JSON = {
+            "id": self.next_id("item"),
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
         await self._add_output_item(resp, item)
         stored = self.items.get(item["id"])
         if stored:
             stored.full_text = text
-        ids = {"response_id": resp.id, "item_id": item["id"], "output_index": len(resp.output) - 1,
-               "content_index": 0}
+        ids = {
+            "response_id": resp.id,
+            "item_id": item["id"],
+            "output_index": len(resp.output) - 1,
+            "content_index": 0,
+        }
         part: JSON = {"type": ctype, "transcript": ""} if audio else {"type": "output_text", "text": ""}
         item["content"].append(part)
         resp.content_started = True
@@ -981,8 +1176,13 @@ class RealtimeSession:
                 if faults.drop_after_audio_ms is not None and resp.audio_ms >= faults.drop_after_audio_ms:
                     self.ws.transport.abort()
                     raise ConnectionClosed(None, None)
-                await self.send({"type": "response.output_audio.delta", **ids,
-                                 "delta": base64.b64encode(piece).decode("ascii")})
+                await self.send(
+                    {
+                        "type": "response.output_audio.delta",
+                        **ids,
+                        "delta": base64.b64encode(piece).decode("ascii"),
+                    }
+                )
                 resp.audio_ms += len(piece) / bpm
                 if stored:
                     stored.audio_ms = resp.audio_ms
@@ -1010,16 +1210,28 @@ class RealtimeSession:
             await self.send({"type": "response.output_text.done", **ids, "text": text})
         await self.send({"type": "response.content_part.done", **ids, "part": copy.deepcopy(part)})
         item["status"] = "completed"
-        await self.send({"type": "response.output_item.done", "response_id": resp.id,
-                         "output_index": len(resp.output) - 1, "item": copy.deepcopy(item)})
+        await self.send(
+            {
+                "type": "response.output_item.done",
+                "response_id": resp.id,
+                "output_index": len(resp.output) - 1,
+                "item": copy.deepcopy(item),
+            }
+        )
         if resp.in_conversation:
-            await self.send({"type": "conversation.item.done", "item": copy.deepcopy(item),
-                             "previous_item_id": None})
+            await self.send(
+                {"type": "conversation.item.done", "item": copy.deepcopy(item), "previous_item_id": None}
+            )
 
     async def _finish(self, resp: ActiveResponse, status: str, details: JSON | None) -> None:
         text = resp.text_sent
-        usage = usage_for(self._conv_chars + len(self.config.get("instructions") or ""), self._user_audio_ms,
-                          text, resp.audio_ms, self._cached_tokens)
+        usage = usage_for(
+            self._conv_chars + len(self.config.get("instructions") or ""),
+            self._user_audio_ms,
+            text,
+            resp.audio_ms,
+            self._cached_tokens,
+        )
         self._cached_tokens = usage["input_tokens"]
         self._conv_chars += len(text)
         self._user_audio_ms = 0.0
@@ -1051,11 +1263,22 @@ class RealtimeSession:
                 if stored:
                     stored.full_text = resp.text_sent
                     stored.data = item
-                await self.send({"type": "response.output_item.done", "response_id": resp.id,
-                                 "output_index": idx, "item": copy.deepcopy(item)})
+                await self.send(
+                    {
+                        "type": "response.output_item.done",
+                        "response_id": resp.id,
+                        "output_index": idx,
+                        "item": copy.deepcopy(item),
+                    }
+                )
                 if resp.in_conversation:
-                    await self.send({"type": "conversation.item.done", "item": copy.deepcopy(item),
-                                     "previous_item_id": None})
+                    await self.send(
+                        {
+                            "type": "conversation.item.done",
+                            "item": copy.deepcopy(item),
+                            "previous_item_id": None,
+                        }
+                    )
         await self._finish(resp, "cancelled", {"type": "cancelled", "reason": reason})
 
 
@@ -1063,7 +1286,7 @@ class RealtimeSession:
 
 
 class OpenAIRealtimeEmulator:
-    """The WebSocket server. ``url`` is what to pass as ``websocket_base_url`` (``ws://127.0.0.1:PORT/v1``)."""
+    """The WebSocket server. ``url`` is the SDK's ``websocket_base_url`` (``ws://127.0.0.1:PORT/v1``)."""
 
     def __init__(
         self,
@@ -1102,9 +1325,14 @@ class OpenAIRealtimeEmulator:
     async def start(self) -> None:
         """Bind and start serving (port 0 picks a free port)."""
         self._server = await serve(
-            self._handler, self.host, self.port, process_request=self._process_request,
-            subprotocols=["openai-beta.realtime-v1"],  # so beta clients connect and get the real rejection
-            select_subprotocol=self._select_subprotocol, max_size=16 * 1024 * 1024 * 2, compression=None,
+            self._handler,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            subprotocols=[Subprotocol("openai-beta.realtime-v1")],  # beta clients get the real rejection
+            select_subprotocol=self._select_subprotocol,
+            max_size=16 * 1024 * 1024 * 2,
+            compression=None,
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -1126,7 +1354,7 @@ class OpenAIRealtimeEmulator:
     def _notify(self) -> None:
         self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Wait until ``predicate()`` holds (re-checked on every client event and every 10 ms)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while not predicate():
@@ -1137,7 +1365,9 @@ class OpenAIRealtimeEmulator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.01))
 
-    async def wait_for_event(self, etype: str, session: int = -1, count: int = 1, timeout: float = 5.0) -> JSON:
+    async def wait_for_event(
+        self, etype: str, session: int = -1, count: int = 1, timeout: float = 5.0  # noqa: ASYNC109
+    ) -> JSON:
         """Wait for the ``count``-th validated client event of type ``etype`` in a session; returns it."""
 
         def found() -> list[JSON]:
@@ -1148,14 +1378,18 @@ class OpenAIRealtimeEmulator:
         await self.wait_for(lambda: len(found()) >= count, timeout)
         return found()[count - 1]
 
-    async def wait_for_session(self, count: int = 1, timeout: float = 5.0) -> RealtimeSession:
+    async def wait_for_session(self, count: int = 1, timeout: float = 5.0) -> RealtimeSession:  # noqa: ASYNC109
         """Wait until ``count`` sessions have connected; returns the ``count``-th."""
         await self.wait_for(lambda: len(self.sessions) >= count, timeout)
         return self.sessions[count - 1]
 
-    async def inject_error(self, message: str = "The server had an error while processing your request.",
-                           code: str | None = "server_error", etype: str = "server_error",
-                           session: int = -1) -> None:
+    async def inject_error(
+        self,
+        message: str = "The server had an error while processing your request.",
+        code: str | None = "server_error",
+        etype: str = "server_error",
+        session: int = -1,
+    ) -> None:
         """Send an ``error`` event to a session (fault injection)."""
         await self.sessions[session].error(message, code, None, None, etype)
 
@@ -1163,8 +1397,11 @@ class OpenAIRealtimeEmulator:
         """Abort a session's TCP connection without a close frame (fault injection)."""
         self.sessions[session].ws.transport.abort()
 
-    def _select_subprotocol(self, connection: ServerConnection, offered: Sequence[str]) -> str | None:
-        return "openai-beta.realtime-v1" if "openai-beta.realtime-v1" in offered else None
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        beta = Subprotocol("openai-beta.realtime-v1")
+        return beta if beta in offered else None
 
     def _reject(self, connection: ServerConnection, status: HTTPStatus, body: JSON) -> Response:
         self.rejected_handshakes.append((int(status), body["error"]["message"]))
@@ -1174,30 +1411,76 @@ class OpenAIRealtimeEmulator:
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.faults.refuse_connections:
-            return self._reject(connection, HTTPStatus.SERVICE_UNAVAILABLE, {"error": {
-                "message": "The service is temporarily unavailable.", "type": "server_error",
-                "code": "service_unavailable", "param": None}})
+            return self._reject(
+                connection,
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                {
+                    "error": {
+                        "message": "The service is temporarily unavailable.",
+                        "type": "server_error",
+                        "code": "service_unavailable",
+                        "param": None,
+                    }
+                },
+            )
         parts = urlsplit(request.path)
         if parts.path.rstrip("/") != "/v1/realtime":
-            return self._reject(connection, HTTPStatus.NOT_FOUND, {"error": {
-                "message": f"Invalid URL (GET {parts.path})", "type": "invalid_request_error", "code": None,
-                "param": None}})
+            return self._reject(
+                connection,
+                HTTPStatus.NOT_FOUND,
+                {
+                    "error": {
+                        "message": f"Invalid URL (GET {parts.path})",
+                        "type": "invalid_request_error",
+                        "code": None,
+                        "param": None,
+                    }
+                },
+            )
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
-            return self._reject(connection, HTTPStatus.UNAUTHORIZED, {"error": {
-                "message": "You didn't provide an API key. You need to provide your API key in an Authorization "
-                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).", "type": "invalid_request_error",
-                "code": None, "param": None}})
+            return self._reject(
+                connection,
+                HTTPStatus.UNAUTHORIZED,
+                {
+                    "error": {
+                        "message": "You didn't provide an API key. You need to provide your API key in an "
+                        "Authorization "
+                        "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                        "type": "invalid_request_error",
+                        "code": None,
+                        "param": None,
+                    }
+                },
+            )
         key = auth[7:].strip()
         if self.config.api_key is not None and key != self.config.api_key:
-            return self._reject(connection, HTTPStatus.UNAUTHORIZED, {"error": {
-                "message": f"Incorrect API key provided: {key[:3]}***{key[-4:]}.", "type": "invalid_request_error",
-                "code": "invalid_api_key", "param": None}})
+            return self._reject(
+                connection,
+                HTTPStatus.UNAUTHORIZED,
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: {key[:3]}***{key[-4:]}.",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                        "param": None,
+                    }
+                },
+            )
         query = parse_qs(parts.query)
         if not (query.get("model") or query.get("call_id") or query.get("intent")):
-            return self._reject(connection, HTTPStatus.BAD_REQUEST, {"error": {
-                "message": "Missing required parameter: 'model'.", "type": "invalid_request_error",
-                "code": "missing_required_parameter", "param": "model"}})
+            return self._reject(
+                connection,
+                HTTPStatus.BAD_REQUEST,
+                {
+                    "error": {
+                        "message": "Missing required parameter: 'model'.",
+                        "type": "invalid_request_error",
+                        "code": "missing_required_parameter",
+                        "param": "model",
+                    }
+                },
+            )
         return None
 
     async def _handler(self, ws: ServerConnection) -> None:
@@ -1205,9 +1488,21 @@ class OpenAIRealtimeEmulator:
         headers = ws.request.headers
         if headers.get("OpenAI-Beta", "").strip().lower() == "realtime=v1" or ws.subprotocol:
             with contextlib.suppress(ConnectionClosed):
-                await ws.send(json.dumps({"type": "error", "event_id": "event_beta", "error": {
-                    "type": "invalid_request_error", "code": "beta_api_shape_disabled", "message": BETA_MESSAGE,
-                    "param": None, "event_id": None}}))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "error",
+                            "event_id": "event_beta",
+                            "error": {
+                                "type": "invalid_request_error",
+                                "code": "beta_api_shape_disabled",
+                                "message": BETA_MESSAGE,
+                                "param": None,
+                                "event_id": None,
+                            },
+                        }
+                    )
+                )
                 await ws.close(4000, "beta_api_shape_disabled")
             return
         query = parse_qs(urlsplit(ws.request.path).query)
@@ -1217,4 +1512,3 @@ class OpenAIRealtimeEmulator:
         self._notify()
         await session.run()
         self._notify()
-

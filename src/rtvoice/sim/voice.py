@@ -1,14 +1,14 @@
 """A deterministic synthetic "voice" and G.711 codecs for the vendor emulators.
 
-The emulators must send audio that a real VAD (webrtcvad) hears as speech and whose length follows the text, so
-that barge-in and truncation tests have something real to measure. Each character gets a fixed slot of
-``ms_per_char`` milliseconds of a voiced, vowel-like sound (a harmonic series on a ~120 Hz glottal pitch shaped by
-two formants chosen from the character). Timing is therefore exact: character ``i`` starts at ``i * ms_per_char``,
-which is what the alignment data (ElevenLabs) and the transcript truncation (OpenAI) rely on.
+The emulators must send audio that a real VAD (webrtcvad) hears as speech and whose length follows the text,
+so that barge-in and truncation tests have something real to measure. Each character gets a fixed slot of
+``ms_per_char`` milliseconds of a voiced, vowel-like sound (a harmonic series on a ~120 Hz glottal pitch
+shaped by two formants chosen from the character). Timing is therefore exact: character ``i`` starts at ``i *
+ms_per_char``, which is what the alignment data (ElevenLabs) and the transcript truncation (OpenAI) rely on.
 
 Everything is synthesized directly at the requested sample rate (no resampling) and is pure: same text, same
-rate, same bytes. The codecs are numpy table look-ups built from the ITU G.711 reference algorithm (Sun's g711.c),
-which is what audioop implements; the tests check them bit-exactly against audioop.
+rate, same bytes. The codecs are numpy table look-ups built from the ITU G.711 reference algorithm (Sun's
+g711.c), which is what audioop implements; the tests check them bit-exactly against audioop.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def render(text: str, rate: int, ms_per_char: float = 60.0, amplitude: float = 0
     """Render ``text`` as voiced 16-bit mono PCM at ``rate`` Hz; ``len(text) * ms_per_char`` ms long."""
     if rate <= 0 or ms_per_char <= 0:
         raise ValueError("rate and ms_per_char must be positive")
-    return np.frombuffer(_render_cached(text, rate, float(ms_per_char), float(amplitude)), dtype="<i2").astype(
-        np.int16
-    )
+    return np.frombuffer(
+        _render_cached(text, rate, float(ms_per_char), float(amplitude)), dtype="<i2"
+    ).astype(np.int16)
 
 
 def char_timings(text: str, ms_per_char: float) -> tuple[list[int], list[int]]:
@@ -104,7 +104,7 @@ def char_timings(text: str, ms_per_char: float) -> tuple[list[int], list[int]]:
     return starts, durations
 
 
-# --------------------------------------------------------------------------------------------------------- G.711
+# ------------------------------------------------------------------------------------------------ G.711
 
 
 def _ulaw_encode_one(pcm: int) -> int:
@@ -202,12 +202,14 @@ def pcm16_decode(data: bytes) -> Int16Array:
 
 
 def to_8k(samples: Int16Array, rate: int) -> Int16Array:
-    """Crude decimation to 8 kHz for VAD only (box filter over the integer ratio; 22.05/44.1 kHz nearest-pick)."""
+    """Crude decimation to 8 kHz for VAD only (box filter for integer ratios, else nearest sample)."""
     if rate == 8000:
         return samples
     ratio = rate // 8000
     if ratio * 8000 == rate:
         n = len(samples) // ratio * ratio
-        return samples[:n].reshape(-1, ratio).mean(axis=1).astype(np.int16)
+        box: Int16Array = samples[:n].reshape(-1, ratio).mean(axis=1).astype(np.int16)
+        return box
     idx = (np.arange(len(samples) * 8000 // rate) * rate // 8000).astype(np.int64)
-    return samples[idx]
+    out: Int16Array = samples[idx]
+    return out
