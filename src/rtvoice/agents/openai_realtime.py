@@ -59,7 +59,6 @@ FATAL_ERROR_CODES = frozenset(
     {
         "invalid_api_key",
         "beta_api_shape_disabled",
-        "session_expired",
         "insufficient_quota",
         "model_not_found",
         "invalid_model",
@@ -123,6 +122,7 @@ class RealtimeCore:
         #: to the sink, per turn: the part of the first-byte latency spent in OpenAI and in this client.
         self.first_output_latencies: list[float] = []
         self.failed = False
+        self.session_expired = False
 
     # --- output helpers -------------------------------------------------------------------------------------
     def fault(self, kind: str, message: str, fatal: bool) -> None:
@@ -404,6 +404,10 @@ class RealtimeCore:
         code = err.get("code")
         if code in HARMLESS_ERROR_CODES:
             return
+        if code == "session_expired":
+            # The session limit (60 min): the server closes the socket next; the link reconnects then.
+            self.session_expired = True
+            return
         fatal = (
             code in FATAL_ERROR_CODES
             or err.get("type") in FATAL_ERROR_TYPES
@@ -505,14 +509,20 @@ class RealtimeLink:
         self._conn = await asyncio.wait_for(manager.enter(), self.connect_timeout_s)
         self.connected = True
 
-    async def connect(self) -> bool:
-        """Open the session and queue ``session.update``. A failure is reported (fatal) and returns False."""
+    async def connect(self, *, report: bool = True) -> bool:
+        """Open the session and queue ``session.update``; False on failure.
+
+        With ``report`` a failure is a fatal ``connect`` fault. ``prepare`` connects without reporting: if the
+        early attempt fails, ``start`` tries once more and only that outcome counts.
+        """
         if self.connected:
             return True
         try:
             await self._open()
         except Exception as exc:
-            self.core.fault("connect", f"OpenAI Realtime connect failed: {type(exc).__name__}: {exc}", True)
+            if report:
+                msg = f"OpenAI Realtime connect failed: {type(exc).__name__}: {exc}"
+                self.core.fault("connect", msg, True)
             return False
         self.core.queue_session_update()
         self._start_tasks()
@@ -608,7 +618,9 @@ class RealtimeLink:
         rcvd = getattr(exc, "rcvd", None)
         code = getattr(rcvd, "code", None)
         reason = getattr(rcvd, "reason", "") or str(exc)
-        kind = "session_limit" if "maximum duration" in reason else "dropped"
+        expired = self.core.session_expired or "maximum duration" in reason
+        kind = "session_limit" if expired else "dropped"
+        self.core.session_expired = False
         self.core.disconnected()
         self.core.outbox.clear()
         self.core.fault(kind, f"OpenAI Realtime connection closed ({code}: {reason}); reconnecting", False)
@@ -666,7 +678,7 @@ class OpenAIRealtimeAgent(Agent):
         return self.core.usage
 
     async def prepare(self) -> None:
-        await self.link.connect()
+        await self.link.connect(report=False)
 
     async def start(self, call: CallInfo, sink: AgentSink) -> None:
         self.core.attach(sink)

@@ -1,0 +1,257 @@
+"""End to end: OpenAIRealtimeAgent (real openai SDK, real sockets) against the OpenAI Realtime GA emulator."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, wait_until
+from rtvoice.agents.base import CallInfo, Heard
+from rtvoice.agents.openai_realtime import OpenAIRealtimeAgent
+from rtvoice.config import ConfigError, Settings
+from rtvoice.sim import voice
+from rtvoice.sim.openai_emulator import (
+    OpenAIEmulatorConfig,
+    OpenAIRealtimeEmulator,
+    Reply,
+    encode_from_pcm,
+)
+
+CALL = CallInfo(call_sid="CA" + "0" * 32, stream_sid="MZ" + "0" * 32, from_number="+15550001111")
+MS_PER_CHAR = 60.0
+
+
+def make_settings(emu: OpenAIRealtimeEmulator, **kw: Any) -> Settings:
+    return Settings(
+        agent="openai",
+        openai_api_key="sk-test",
+        openai_websocket_base_url=emu.url,
+        **kw,
+    )
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[OpenAIRealtimeEmulator]:
+    script = [
+        Reply("Our opening hours are nine to five.", user_transcript="When are you open?"),
+        Reply("Goodbye.", user_transcript="Thanks, bye."),
+    ]
+    async with OpenAIRealtimeEmulator(script, config=OpenAIEmulatorConfig(ms_per_char=MS_PER_CHAR)) as e:
+        yield e
+
+
+async def started(settings: Settings, **kw: Any) -> tuple[OpenAIRealtimeAgent, RecordingSink]:
+    agent = OpenAIRealtimeAgent(settings, **kw)
+    sink = RecordingSink()
+    await agent.prepare()
+    await agent.start(CALL, sink)
+    return agent, sink
+
+
+def session_events(emu: OpenAIRealtimeEmulator, etype: str, session: int = -1) -> list[dict[str, Any]]:
+    return [e for e in emu.sessions[session].received if e["type"] == etype]
+
+
+async def test_missing_key_is_a_clear_startup_error() -> None:
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        Settings(agent="openai").check_agent_credentials()
+
+
+async def test_pcmu_turn_passthrough_transcripts_usage(emu: OpenAIRealtimeEmulator) -> None:
+    agent, sink = await started(make_settings(emu, instructions="You are a receptionist."))
+    try:
+        sess = await emu.wait_for_session()
+        upd = await emu.wait_for_event("session.update")
+        assert upd["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+        assert sess.rejected == []  # every event we sent passed the SDK-model validation
+        await speak(agent, speech_ulaw())
+        await wait_until(lambda: bool(sink.of("bot_audio_done")))
+        (item_id,) = {c[1] for c in sink.of("bot_audio")}
+        text = "Our opening hours are nine to five."
+        # pass-through: the bytes OpenAI rendered reach the call untouched
+        assert sink.audio(item_id) == encode_from_pcm(voice.render(text, 8000, MS_PER_CHAR), "pcmu")
+        await wait_until(lambda: any(c[3] for c in sink.of("bot_text")))
+        assert [c[2] for c in sink.of("bot_text") if c[3]] == [text]
+        assert "".join(c[2] for c in sink.of("bot_text") if not c[3]) == text
+        assert ("caller_text", "When are you open?", True) in sink.calls
+        assert sink.of("speech_started")
+        await wait_until(lambda: agent.usage.responses == 1)
+        assert agent.usage.output_audio_tokens > 0
+        # appends carried the caller's μ-law bytes untouched, batched 2 frames (320 bytes) per message
+        appends = session_events(emu, "input_audio_buffer.append")
+        assert appends and all(len(e["audio"]) <= 4 * 320 // 3 + 4 for e in appends[:-1])
+        assert sess.rejected == [] and sink.faults() == []
+    finally:
+        await agent.close()
+
+
+async def test_barge_in_cancel_and_truncate_to_heard(emu: OpenAIRealtimeEmulator) -> None:
+    emu.config.speed = 4.0  # stream 4x real time so the response is still active when the caller barges in
+    emu.script.replies[0] = Reply("x" * 200, user_transcript="Tell me everything.")  # 12 s of audio
+    agent, sink = await started(make_settings(emu))
+    try:
+        await speak(agent, speech_ulaw())
+        await wait_until(lambda: len(sink.audio()) >= 8 * 600)  # 600 ms produced
+        item_id = sink.of("bot_audio")[0][1]
+        agent.barge_in(Heard(item_id, 420))
+        cancel = await emu.wait_for_event("response.cancel")
+        trunc = await emu.wait_for_event("conversation.item.truncate")
+        assert trunc == {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0,
+                         "audio_end_ms": 420}  # fmt: skip
+        assert cancel["response_id"].startswith("resp_")
+        sess = emu.sessions[-1]
+        await emu.wait_for(lambda: any(e["type"] == "conversation.item.truncated" for e in sess.sent))
+        assert sess.rejected == []  # the emulator accepted the truncate (within the item's audio)
+        assert sess.responses[-1]["status"] == "cancelled"
+        assert sess.items[item_id].data["content"][0]["transcript"] == "x" * 7  # 420 ms / 60 ms per char
+        n = len(sink.of("bot_audio"))
+        await speak(agent, b"", silence_ms=200)
+        assert len(sink.of("bot_audio")) == n  # no late audio of the cancelled response reached the call
+    finally:
+        await agent.close()
+
+
+async def test_barge_in_with_nothing_heard_sends_no_truncate(emu: OpenAIRealtimeEmulator) -> None:
+    emu.config.speed = 2.0
+    emu.script.replies[0] = Reply("y" * 100, user_transcript="Hi")
+    agent, sink = await started(make_settings(emu))
+    try:
+        await speak(agent, speech_ulaw())
+        await wait_until(lambda: bool(sink.of("bot_audio")))
+        agent.barge_in(None)
+        await emu.wait_for_event("response.cancel")
+        await speak(agent, b"", silence_ms=300)  # give a stray truncate time to arrive
+        assert session_events(emu, "conversation.item.truncate") == []
+    finally:
+        await agent.close()
+
+
+async def test_greeting_speaks_first(emu: OpenAIRealtimeEmulator) -> None:
+    emu.script.replies.insert(0, Reply("Hello, thanks for calling."))
+    agent, sink = await started(make_settings(emu, greeting="Hello, thanks for calling."))
+    try:
+        await wait_until(lambda: bool(sink.of("bot_audio_done")))
+        assert session_events(emu, "response.create")
+        assert [c[2] for c in sink.of("bot_text") if c[3]] == ["Hello, thanks for calling."]
+    finally:
+        await agent.close()
+
+
+async def test_connection_refused_is_a_fatal_fault(emu: OpenAIRealtimeEmulator) -> None:
+    emu.faults.refuse_connections = True
+    agent, sink = await started(make_settings(emu))
+    try:
+        assert sink.faults() == [("connect", True)]
+    finally:
+        await agent.close()
+
+
+async def test_error_event_reported(emu: OpenAIRealtimeEmulator) -> None:
+    agent, sink = await started(make_settings(emu))
+    try:
+        await emu.wait_for_session()
+        await emu.wait_for_event("session.update")
+        await emu.inject_error()
+        await wait_until(lambda: bool(sink.faults()))
+        assert sink.faults() == [("error_event", False)]
+        await emu.inject_error("Incorrect API key provided", "invalid_api_key", "invalid_request_error")
+        await wait_until(lambda: len(sink.faults()) == 2)
+        assert sink.faults()[1] == ("error_event", True)
+    finally:
+        await agent.close()
+
+
+async def test_stalled_first_audio_retries_then_fatal(emu: OpenAIRealtimeEmulator) -> None:
+    emu.faults.stall_first_audio = True
+    agent, sink = await started(make_settings(emu, vendor_first_byte_timeout_s=0.5))
+    try:
+        await speak(agent, speech_ulaw())
+        await wait_until(lambda: ("stall", True) in sink.faults(), timeout=10)
+        assert sink.faults() == [("stall", False), ("stall", True)]
+        assert len(session_events(emu, "response.create")) == 1  # the retry
+        assert sink.of("bot_audio") == []
+    finally:
+        await agent.close()
+
+
+async def test_failed_response_reported(emu: OpenAIRealtimeEmulator) -> None:
+    emu.faults.fail_responses = True
+    agent, sink = await started(make_settings(emu))
+    try:
+        await speak(agent, speech_ulaw())
+        await wait_until(lambda: bool(sink.faults()))
+        assert sink.faults()[0] == ("response_failed", False)
+    finally:
+        await agent.close()
+
+
+async def test_mid_call_drop_reconnects_with_context(emu: OpenAIRealtimeEmulator) -> None:
+    agent, sink = await started(make_settings(emu))
+    try:
+        await speak(agent, speech_ulaw())
+        await wait_until(lambda: any(c[3] for c in sink.of("bot_text")))
+        await wait_until(lambda: agent.usage.responses == 1)
+        await emu.drop()
+        second = await emu.wait_for_session(2)
+        await emu.wait_for_event("session.update", session=1)
+        creates = lambda: [e["item"] for e in second.received if e["type"] == "conversation.item.create"]  # noqa: E731
+        await emu.wait_for(lambda: len(creates()) == 2)
+        items = creates()
+        assert items[0]["role"] == "user" and items[0]["content"][0]["text"] == "When are you open?"
+        assert items[1]["role"] == "assistant"
+        assert items[1]["content"][0]["text"] == "Our opening hours are nine to five."
+        assert second.rejected == []
+        assert sink.faults() == [("dropped", False)]
+        # the call goes on in the new session
+        await speak(agent, speech_ulaw("okay thank you"))
+        await wait_until(lambda: len([c for c in sink.of("bot_text") if c[3]]) == 2)
+        assert len({c[1] for c in sink.of("bot_audio")}) == 2
+    finally:
+        await agent.close()
+
+
+async def test_session_limit_reconnects(emu: OpenAIRealtimeEmulator) -> None:
+    emu.faults.max_session_s = 0.5
+    agent, sink = await started(make_settings(emu))
+    try:
+        await emu.wait_for_session(2, timeout=10)
+        await wait_until(lambda: agent.link.reconnects >= 1)
+        assert sink.faults()[0] == ("session_limit", False)
+        assert all(not fatal for _, fatal in sink.faults())
+    finally:
+        emu.faults.max_session_s = None
+        await agent.close()
+
+
+async def test_drop_without_reconnect_is_fatal(emu: OpenAIRealtimeEmulator) -> None:
+    agent, sink = await started(make_settings(emu))
+    try:
+        await emu.wait_for_session()
+        emu.faults.refuse_connections = True
+        await emu.drop()
+        await wait_until(lambda: ("dropped", True) in sink.faults())
+        assert sink.faults() == [("dropped", False), ("dropped", True)]
+    finally:
+        await agent.close()
+
+
+async def test_server_added_latency(emu: OpenAIRealtimeEmulator) -> None:
+    """speech_stopped received -> first bot audio handed to the call, minus the emulator's configured
+    delay.
+    """
+    emu.config.first_audio_delay_ms = 50.0
+    emu.script = type(emu.script)([Reply("Yes.", user_transcript="a")], default="Yes.")
+    agent, sink = await started(make_settings(emu))
+    try:
+        for i in range(5):
+            await speak(agent, speech_ulaw("hello there"))
+            await wait_until(lambda i=i: len(sink.of("bot_audio_done")) == i + 1)
+        lat = [x * 1000 - 50.0 for x in agent.core.first_output_latencies]
+        assert len(lat) == 5
+        print(f"\nserver-added first-audio latency (ms, excl. 50 ms emulator delay): "
+              f"median {statistics.median(lat):.1f} min {min(lat):.1f} max {max(lat):.1f}")  # fmt: skip
+    finally:
+        await agent.close()
