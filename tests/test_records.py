@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from rtvoice.agents.base import CallInfo, Heard
+from rtvoice.call.call import CallObserver, TurnLatency
 from rtvoice.records import (
     HEADER_LEN,
     HEADER_REFRESH_BYTES,
@@ -33,6 +35,12 @@ from rtvoice.records import (
 )
 
 SID = "CA" + "0123456789abcdef" * 2
+
+
+def _info() -> CallInfo:
+    return CallInfo(
+        SID, "MZ1", account_sid="AC" + "1" * 32, from_number="+15550001111", to_number="+15559990000"
+    )
 
 
 def _read_mulaw_wav(path: Path) -> tuple[int, int, bytes]:
@@ -100,19 +108,21 @@ def test_unwritable_path_is_a_clear_error(tmp_path: Path) -> None:
 async def test_recorder_full_call(tmp_path: Path) -> None:
     clock = [1_700_000_000.0]
     with CallRecords(tmp_path / "r.sqlite3") as rec:
-        r = CallRecorder(rec, SID, clock=lambda: clock[0])
-        r.call_started(from_number="+15550001111", to_number="+15559990000", agent="openai", profile="desk")
-        r.turn("caller", "what time do you open", 0, 1800)
-        r.latency("eos_to_first_audio_sent", 412.5, 1800)
+        r = CallRecorder(rec, agent="openai", profile="desk", clock=lambda: clock[0])
+        observer: CallObserver = r  # the call engineer's protocol
+        observer.call_started(_info())
+        observer.turn("caller", "what time do you open", 0, 1800)
+        observer.latency(TurnLatency(caller_end_ms=1800, first_audio_sent_ms=2212, first_heard_ms=2300))
         full = "We open at nine and close at five"
         r.turn("bot", "We open at nine", 2200, 3100, full_text=full, interrupted=True)
-        r.barge_in(3100, 900, 64.0, item_id="item_1")
+        observer.barge_in(Heard("item_1", 900), 64)
+        observer.barge_in(None, 30)
         r.usage("openai", **openai_usage_counts(_RESPONSE_DONE_USAGE))
         r.usage("elevenlabs", characters=33)
         r.fault("dropped", "socket closed", vendor="openai")
         clock[0] += 90
-        r.call_ended("completed")
-        r.call_ended("error")  # a second end is ignored
+        observer.call_ended("completed")
+        observer.call_ended("error")  # a second end is ignored
         await rec.flush()
         got = rec.get(SID)
     assert got is not None
@@ -125,10 +135,15 @@ async def test_recorder_full_call(tmp_path: Path) -> None:
     ]
     assert got["turns"][1]["interrupted"] is True
     assert got["turns"][1]["full_text"] == "We open at nine and close at five"
-    assert got["barge_ins"][0]["heard_ms"] == 900 and got["barge_ins"][0]["reaction_ms"] == 64.0
-    assert got["latencies"] == [
-        {"name": "eos_to_first_audio_sent", "value_ms": 412.5, "at_ms": 1800, "at": got["latencies"][0]["at"]}
+    assert [(b["item_id"], b["heard_ms"], b["reaction_ms"]) for b in got["barge_ins"]] == [
+        ("item_1", 900, 64.0),
+        ("", None, 30.0),
     ]
+    assert [(x["name"], x["value_ms"], x["at_ms"]) for x in got["latencies"]] == [
+        ("eos_to_first_audio_sent", 412.0, 1800),
+        ("eos_to_first_audio_heard", 500.0, 1800),
+    ]
+    assert got["stream_sid"] == "MZ1" and got["account_sid"] == "AC" + "1" * 32
     assert got["faults"][0]["kind"] == "dropped" and got["faults"][0]["vendor"] == "openai"
     assert got["usage"]["openai"] == {
         "input_text_tokens": 120,
@@ -238,8 +253,9 @@ def test_usage_limits() -> None:
 async def test_recorder_limit_reason(tmp_path: Path) -> None:
     clock = [1000.0]
     with CallRecords(tmp_path / "r.sqlite3") as rec:
-        r = CallRecorder(rec, SID, limits=UsageLimits(call_minutes=2, day_tokens=500), clock=lambda: clock[0])
-        r.call_started()
+        limits = UsageLimits(call_minutes=2, day_tokens=500)
+        r = CallRecorder(rec, limits=limits, clock=lambda: clock[0])
+        r.call_started(_info())
         await r.load_day_usage()
         assert r.limit_reason() is None
         r.usage("openai", input_audio_tokens=200, input_cached_tokens=10_000)  # cached is not extra usage
@@ -270,8 +286,9 @@ _KILLED_CHILD = textwrap.dedent(
     from rtvoice.records import CallRecords, CallRecorder
     db, wav_dir, sid = sys.argv[1:4]
     rec = CallRecords(db)
-    r = CallRecorder(rec, sid)
-    r.call_started(from_number="+15550001111", to_number="+15559990000", agent="local", profile="desk")
+    from rtvoice.agents.base import CallInfo
+    r = CallRecorder(rec, agent="local", profile="desk")
+    r.call_started(CallInfo(sid, "MZ1", from_number="+15550001111", to_number="+15559990000"))
     legs = r.record_audio(wav_dir)
     for i in range(5):
         r.turn("caller", f"caller turn {i}", i * 1000, i * 1000 + 500)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("rtvoice.records")
 
@@ -612,15 +612,44 @@ class UsageLimits:
 # --- the call observer --------------------------------------------------------------------------------------
 
 
+class _CallInfoLike(Protocol):
+    call_sid: str
+    stream_sid: str
+    account_sid: str
+    from_number: str
+    to_number: str
+    direction: str
+
+
+class _HeardLike(Protocol):
+    item_id: str
+    audio_end_ms: int
+
+
+class _TurnLatencyLike(Protocol):
+    caller_end_ms: int
+
+    @property
+    def to_first_audio_ms(self) -> int | None: ...
+
+    @property
+    def to_heard_ms(self) -> int | None: ...
+
+
 @dataclass(slots=True)
 class CallRecorder:
-    """Records one call. Every method is synchronous and cheap (a queue put): safe to call on the event loop.
+    """Records one call: implements ``rtvoice.call.call.CallObserver`` (``call_started``, ``turn``,
+    ``barge_in``, ``latency``, ``call_ended``) plus ``usage`` and ``fault`` for the agents.
 
-    ``clock`` gives wall time in seconds (injectable for tests of the limits).
+    Every method is synchronous and cheap (a queue put): safe to call on the event loop. ``agent`` and
+    ``profile`` are known when the call is set up (before ``call_started``); ``clock`` gives wall time in
+    seconds (injectable for tests of the limits).
     """
 
     records: CallRecords
-    call_sid: str
+    call_sid: str = ""
+    agent: str = ""
+    profile: str = ""
     limits: UsageLimits = field(default_factory=UsageLimits)
     clock: Callable[[], float] = time.time
     #: Minutes and tokens used today before this call started (see :meth:`load_day_usage`).
@@ -631,27 +660,19 @@ class CallRecorder:
     usage_totals: dict[str, dict[str, float]] = field(default_factory=dict)
     legs: LegRecorder | None = None
 
-    def call_started(
-        self,
-        *,
-        from_number: str = "",
-        to_number: str = "",
-        direction: str = "inbound",
-        agent: str = "",
-        profile: str = "",
-        account_sid: str = "",
-        stream_sid: str = "",
-    ) -> None:
+    def call_started(self, info: _CallInfoLike) -> None:
+        """The Media Stream started (``info`` is the call's :class:`rtvoice.agents.base.CallInfo`)."""
+        self.call_sid = info.call_sid
         self.started_at = self.clock()
         self.records.start_call(
-            self.call_sid,
-            from_number=from_number,
-            to_number=to_number,
-            direction=direction,
-            agent=agent,
-            profile=profile,
-            account_sid=account_sid,
-            stream_sid=stream_sid,
+            info.call_sid,
+            from_number=info.from_number,
+            to_number=info.to_number,
+            direction=info.direction,
+            agent=self.agent,
+            profile=self.profile,
+            account_sid=info.account_sid,
+            stream_sid=info.stream_sid,
             started_at=self.started_at,
         )
 
@@ -675,18 +696,27 @@ class CallRecorder:
         full_text: str | None = None,
         interrupted: bool = False,
     ) -> None:
+        """A transcript turn (bot text already cut to what the caller heard)."""
         self.records.add_turn(
             self.call_sid, role, text, start_ms, end_ms, full_text=full_text, interrupted=interrupted
         )
 
-    def barge_in(
-        self, at_ms: int | None, heard_ms: int | None, reaction_ms: float | None, item_id: str = ""
-    ) -> None:
-        self.records.add_barge_in(self.call_sid, at_ms, heard_ms, reaction_ms, item_id)
+    def barge_in(self, heard: _HeardLike | None, reaction_ms: float, at_ms: int | None = None) -> None:
+        """The caller interrupted; ``heard`` is how much of which item they heard (None: nothing was cut)."""
+        self.records.add_barge_in(
+            self.call_sid,
+            at_ms,
+            heard.audio_end_ms if heard is not None else None,
+            reaction_ms,
+            heard.item_id if heard is not None else "",
+        )
 
-    def latency(self, name: str, value_ms: float, at_ms: int | None = None) -> None:
-        """A per-turn latency: ``eos_to_first_audio_sent``, ``eos_to_first_audio_heard``, ..."""
-        self.records.add_latency(self.call_sid, name, value_ms, at_ms)
+    def latency(self, turn: _TurnLatencyLike) -> None:
+        """One caller -> bot turn's latencies (``eos_to_first_audio_sent``, ``eos_to_first_audio_heard``)."""
+        if (sent := turn.to_first_audio_ms) is not None:
+            self.records.add_latency(self.call_sid, "eos_to_first_audio_sent", sent, turn.caller_end_ms)
+        if (heard := turn.to_heard_ms) is not None:
+            self.records.add_latency(self.call_sid, "eos_to_first_audio_heard", heard, turn.caller_end_ms)
 
     def usage(self, vendor: str, **counts: float) -> None:
         """Vendor usage increments, e.g. ``usage("openai", **openai_usage_counts(u))`` or
