@@ -134,6 +134,15 @@ class Settings:
     # --- operations ----------------------------------------------------------------------------------------------
     api_token: str = ""
     db_path: str = "rtvoice.sqlite3"
+    #: Agent profiles file (TOML, see rtvoice.profiles); empty: every call uses the settings above.
+    profiles_path: str = ""
+    #: Record both legs of every call as WAV files in this directory (empty: no recording).
+    record_audio_dir: str = ""
+    #: Usage limits (0: none): past them a call says goodbye and hangs up.
+    max_call_minutes: float = 0.0
+    max_call_tokens: int = 0
+    max_day_minutes: float = 0.0
+    max_day_tokens: int = 0
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -278,6 +287,20 @@ class Settings:
             kw["api_token"] = v
         if (v := get("RTVOICE_DB_PATH")) is not None:
             kw["db_path"] = v
+        if (v := get("RTVOICE_PROFILES")) is not None:
+            if not Path(v).is_file():
+                raise ConfigError(f"RTVOICE_PROFILES={v!r}: no such file (an agent profiles TOML file)")
+            kw["profiles_path"] = v
+        if (v := get("RTVOICE_RECORD_AUDIO_DIR")) is not None:
+            kw["record_audio_dir"] = v
+        if (v := get("RTVOICE_MAX_CALL_MINUTES")) is not None:
+            kw["max_call_minutes"] = _parse_float("RTVOICE_MAX_CALL_MINUTES", v, 0.0, 10_000.0)
+        if (v := get("RTVOICE_MAX_CALL_TOKENS")) is not None:
+            kw["max_call_tokens"] = _parse_int("RTVOICE_MAX_CALL_TOKENS", v, 0, 10**12)
+        if (v := get("RTVOICE_MAX_DAY_MINUTES")) is not None:
+            kw["max_day_minutes"] = _parse_float("RTVOICE_MAX_DAY_MINUTES", v, 0.0, 10**7)
+        if (v := get("RTVOICE_MAX_DAY_TOKENS")) is not None:
+            kw["max_day_tokens"] = _parse_int("RTVOICE_MAX_DAY_TOKENS", v, 0, 10**12)
 
         # The agent mode: explicit, or the best one the configured keys allow (local when there are none).
         if (v := get("RTVOICE_AGENT")) is not None:
