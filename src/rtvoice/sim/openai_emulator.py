@@ -463,6 +463,14 @@ class OpenAIEmulatorConfig:
     session_max_minutes: float = 60.0  #: what the close reason says
 
 
+def _event_part(part: JSON) -> JSON:
+    # Items carry ``output_audio``/``output_text`` content; content_part events name it ``audio``/``text``
+    # (as the SDK's ResponseContentPartAddedEvent.Part declares).
+    out = dict(part)
+    out["type"] = "audio" if part["type"] == "output_audio" else "text"
+    return out
+
+
 def _or(value: Any, default: float) -> float:
     return default if value is None else float(value)
 
@@ -1161,7 +1169,7 @@ class RealtimeSession:
         part: JSON = {"type": ctype, "transcript": ""} if audio else {"type": "output_text", "text": ""}
         item["content"].append(part)
         resp.content_started = True
-        await self.send({"type": "response.content_part.added", **ids, "part": copy.deepcopy(part)})
+        await self.send({"type": "response.content_part.added", **ids, "part": _event_part(part)})
         if audio:
             self.audio_first_output = True
             rate = 24000 if resp.fmt == "pcm" else 8000
@@ -1208,7 +1216,7 @@ class RealtimeSession:
                 await self.send({"type": "response.output_text.delta", **ids, "delta": delta})
                 await asyncio.sleep(0)
             await self.send({"type": "response.output_text.done", **ids, "text": text})
-        await self.send({"type": "response.content_part.done", **ids, "part": copy.deepcopy(part)})
+        await self.send({"type": "response.content_part.done", **ids, "part": _event_part(part)})
         item["status"] = "completed"
         await self.send(
             {
@@ -1366,7 +1374,11 @@ class OpenAIRealtimeEmulator:
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.01))
 
     async def wait_for_event(
-        self, etype: str, session: int = -1, count: int = 1, timeout: float = 5.0  # noqa: ASYNC109
+        self,
+        etype: str,
+        session: int = -1,
+        count: int = 1,
+        timeout: float = 5.0,  # noqa: ASYNC109
     ) -> JSON:
         """Wait for the ``count``-th validated client event of type ``etype`` in a session; returns it."""
 
