@@ -27,11 +27,11 @@ at import). Any pair of 8000/16000/24000 Hz, and 11025/22050/32000/44100/48000 -
   of the ratio's denominator gives exactly ``len * out_rate / in_rate`` samples (160 -> 480 for 8k -> 24k),
   and 22050 Hz streams stay within one sample of the exact running total, one output chunk per input chunk.
   Any chunking gives output identical, sample for sample, to one-shot processing.
-* ``reset()`` forgets the history; ``delay_ms`` is the group delay (1.54 ms for 8k <-> 24k);
+* ``reset()`` forgets the history; ``delay_ms`` is the group delay (1.67 ms for 8k <-> 24k);
   ``output_size(n)``; ``ratio`` (L, M); ``taps`` per output.
 
-Quality (tests/test_audio_resampler.py measures it): passband flat to 0.02 dB up to 0.425 * the lower rate
-(3.4 kHz at 8 kHz), stopband <= -82 dB from 0.625 * the lower rate (5 kHz) and <= -95 dB from 7 kHz.
+Quality (tests/test_audio_resampler.py measures it): passband within 0.001 dB up to 0.425 * the lower rate
+(3.4 kHz at 8 kHz), stopband <= -81 dB from 0.625 * the lower rate (5 kHz) and <= -94 dB from 7/4 of it.
 
 WAV helpers (stdlib :mod:`wave` plus a small RIFF reader for G.711 WAVs, which ``wave`` rejects):
 :func:`read_wav`, :func:`write_wav`, and :func:`to_ulaw_8k` for turning any supported rate into the
