@@ -180,12 +180,12 @@ class Alignment:
                 break
             n += 1
         if n >= len(self.chars):
-            return self.text
+            return self.text.strip()
         text = "".join(self.chars[:n])
         if n and not self.chars[n].isspace() and not text[-1:].isspace():
             cut = max(text.rfind(" "), text.rfind("\n"))
             text = text[: cut + 1] if cut >= 0 else ""
-        return text.rstrip()
+        return text.strip()
 
 
 class WordChunker:
