@@ -1,0 +1,171 @@
+"""Offline speech recognition with pocketsphinx and a small domain language model.
+
+pocketsphinx 5 ships a US-English acoustic model (16 kHz) and CMUdict. Its general language model is poor on
+phone calls, so the local agent builds a trigram model at startup from the scenario's own phrases
+(:meth:`Scenario.corpus` plus generated slot answers) with ``pocketsphinx.lm.ArpaBoLM``, and a pronunciation
+dictionary restricted to that vocabulary. Both are written once to a cache folder keyed by the corpus hash.
+
+Utterances arrive as 8 kHz int16 (after the agent's endpointing) and are upsampled to 16 kHz: decoding 8 kHz
+directly with the 16 kHz model fails. Decoding runs in the worker processes (:mod:`.pool`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rtvoice.agents.local.dsp import resample
+from rtvoice.agents.local.numbers import number_to_words
+
+ASR_RATE = 16000
+#: Language-model weight and word insertion penalty, tuned on the committed fixtures (see scripts/make_fixtures.py).
+LM_WEIGHT = 7.0
+WORD_PENALTY = 0.65
+
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+@dataclass(frozen=True, slots=True)
+class AsrModel:
+    """Paths of a domain language model and its dictionary (picklable: sent to worker processes)."""
+
+    lm_path: str
+    dict_path: str
+    vocabulary_size: int
+
+
+def model_dir() -> Path:
+    """Acoustic model and CMUdict shipped in the pocketsphinx wheel."""
+    import pocketsphinx
+
+    return Path(pocketsphinx.get_model_path()) / "en-us"
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "rtvoice" / "lm"
+
+
+def slot_phrases() -> list[str]:
+    """Generated answers a caller gives to slot questions: party sizes and times, in words."""
+    lines: list[str] = []
+    for n in range(1, 13):
+        w = number_to_words(n)
+        lines += [f"a table for {w}", f"{w} people", f"for {w} people", f"a party of {w}", f"{w}"]
+    for h in range(1, 13):
+        hw = number_to_words(h)
+        lines += [f"at {hw}", f"{hw} o'clock", f"at {hw} pm", f"half past {hw}", f"quarter past {hw}"]
+        for m in (15, 30, 45):
+            lines.append(f"at {hw} {number_to_words(m)}")
+    return lines
+
+
+def _normalise_line(line: str, known: set[str]) -> str | None:
+    words = []
+    for raw in line.lower().replace("-", " ").split():
+        for w in _WORD.findall(raw):
+            if w.isdigit():
+                continue
+            if w not in known:
+                return None  # a phrase with an unpronounceable word would teach the LM a gap
+            words.append(w)
+    return " ".join(words) if words else None
+
+
+def _read_cmudict(path: Path) -> dict[str, list[str]]:
+    entries: dict[str, list[str]] = {}
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            head, _, pron = line.partition(" ")
+            base = head.split("(", 1)[0]
+            entries.setdefault(base, []).append(f"{head} {pron.strip()}")
+    return entries
+
+
+def build_model(corpus: list[str], cache_dir: Path | None = None) -> AsrModel:
+    """Build (or reuse from the cache) the domain LM and dictionary for ``corpus`` sentences."""
+    from pocketsphinx.lm import ArpaBoLM
+
+    corpus = list(corpus) + slot_phrases()
+    digest = hashlib.sha256(("v2\n" + "\n".join(corpus)).encode()).hexdigest()[:16]
+    roots = [cache_dir] if cache_dir is not None else [_cache_root(), Path(tempfile.gettempdir()) / "rtvoice-lm"]
+    cmudict = _read_cmudict(model_dir() / "cmudict-en-us.dict")
+    known = set(cmudict)
+    sentences = sorted({s for line in corpus if (s := _normalise_line(line, known))})
+    vocab = sorted({w for s in sentences for w in s.split()})
+    last_error: OSError | None = None
+    for root in roots:
+        folder = root / digest
+        lm_path, dict_path = folder / "domain.lm", folder / "domain.dict"
+        if lm_path.is_file() and dict_path.is_file():
+            return AsrModel(str(lm_path), str(dict_path), len(vocab))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lm = ArpaBoLM(text="\n".join(sentences) + "\n", add_start=True, case="lower")
+            lm.compute()
+            tmp_lm = folder / f"domain.lm.{os.getpid()}.tmp"
+            lm.write_file(str(tmp_lm))
+            tmp_dict = folder / f"domain.dict.{os.getpid()}.tmp"
+            tmp_dict.write_text("\n".join(line for w in vocab for line in cmudict[w]) + "\n", encoding="utf-8")
+            # rename last, so a concurrent reader never sees half a file
+            os.replace(tmp_dict, dict_path)
+            os.replace(tmp_lm, lm_path)
+            return AsrModel(str(lm_path), str(dict_path), len(vocab))
+        except OSError as exc:
+            last_error = exc
+    raise RuntimeError(f"cannot write the speech model cache: {last_error}")
+
+
+class Recognizer:
+    """A loaded pocketsphinx decoder for one :class:`AsrModel` (one per worker process)."""
+
+    def __init__(self, model: AsrModel) -> None:
+        from pocketsphinx import Config, Decoder
+
+        config = Config(
+            hmm=str(model_dir() / "en-us"),
+            lm=model.lm_path,
+            dict=model.dict_path,
+            samprate=ASR_RATE,
+            lw=LM_WEIGHT,
+            wip=WORD_PENALTY,
+            loglevel="FATAL",
+        )
+        self._decoder: Any = Decoder(config)
+
+    def recognize_16k(self, pcm16k: bytes) -> str:
+        """The best hypothesis for one whole utterance of 16 kHz int16 audio (lower case, may be empty)."""
+        d = self._decoder
+        d.start_utt()
+        d.process_raw(pcm16k, no_search=False, full_utt=True)
+        d.end_utt()
+        hyp = d.hyp()
+        if hyp is None:
+            return ""
+        words = [w for w in str(hyp.hypstr).split() if not w.startswith("<") and not w.startswith("[")]
+        return " ".join(re.sub(r"\(\d+\)$", "", w) for w in words)
+
+    def recognize_8k(self, pcm8k: bytes) -> str:
+        """Recognise 8 kHz int16 audio (upsampled to the model's 16 kHz first)."""
+        samples = np.frombuffer(pcm8k, dtype=np.int16)
+        return self.recognize_16k(resample(samples, 8000, ASR_RATE).tobytes())
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(word edit distance, reference word count) between two transcripts, ignoring case and punctuation."""
+    ref = _WORD.findall(reference.lower())
+    hyp = _WORD.findall(hypothesis.lower())
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1], len(ref)
