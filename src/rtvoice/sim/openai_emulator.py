@@ -379,8 +379,10 @@ class ServerVad:
         prefix_padding_ms: int = 300,
         silence_duration_ms: int = 500,
         onset_ms: int = 60,
+        rate: int = 24000,
     ) -> None:
         self.fmt = fmt
+        self.rate = rate  # of 'pcm' input (8 kHz for the G.711 formats)
         self.prefix_padding_ms = prefix_padding_ms
         self.silence_duration_ms = silence_duration_ms
         self.onset_frames = max(1, onset_ms // 20)
@@ -400,9 +402,10 @@ class ServerVad:
         out: list[tuple[str, int]] = []
         if self.fmt == "pcm":
             buf = self._pending + data
-            cut = len(buf) - len(buf) % 6  # 3 samples of 24 kHz -> 1 at 8 kHz
+            group = 2 * max(1, self.rate // 8000)  # whole input samples per 8 kHz sample
+            cut = len(buf) - len(buf) % group
             self._pending = buf[cut:]
-            samples = decode_to_8k(buf[:cut], "pcm")
+            samples = voice.to_8k(voice.pcm16_decode(buf[:cut]), self.rate)
         else:
             samples = decode_to_8k(data, self.fmt)
         if len(self._rest):  # the 8 kHz remainder carries over between calls
