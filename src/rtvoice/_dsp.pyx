@@ -12,7 +12,7 @@ memoryview with a format check.  Inner loops are plain C over raw pointers and r
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from libc.stdint cimport int16_t, uint8_t, uint16_t
-from libc.string cimport memmove
+from libc.string cimport memcpy, memmove, memset
 
 import numpy as np
 
@@ -555,4 +555,297 @@ cdef class Resampler:
                 PyBuffer_Release(&ov)
         finally:
             PyBuffer_Release(&sv)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Outbound playout ring
+
+cdef class PlayoutBuffer:
+    """Outbound μ-law playout ring: bursts in, fixed frames out (see rtvoice.audio.PlayoutBuffer)."""
+
+    cdef readonly Py_ssize_t frame_size
+    cdef readonly Py_ssize_t capacity
+    cdef readonly str overflow
+    cdef readonly long long total_written
+    cdef readonly long long total_read
+    cdef readonly long long total_cleared
+    cdef readonly long long total_dropped
+    cdef readonly Py_ssize_t underruns
+    cdef unsigned char silence
+    cdef bint drop_oldest
+    cdef object _ring
+    cdef unsigned char *ring
+    cdef Py_ssize_t head, count
+
+    def __cinit__(self, Py_ssize_t frame_size=160, Py_ssize_t capacity=8000 * 60, str overflow="raise",
+                  int silence=0xFF):
+        cdef unsigned char[::1] rv
+        if frame_size < 1:
+            raise ValueError(f"frame_size must be >= 1, got {frame_size}")
+        if capacity < frame_size:
+            raise ValueError(f"capacity ({capacity}) must hold at least one frame ({frame_size})")
+        if overflow not in ("raise", "drop_oldest"):
+            raise ValueError(f"overflow must be 'raise' or 'drop_oldest', got {overflow!r}")
+        if not 0 <= silence <= 255:
+            raise ValueError(f"silence must be a byte value, got {silence}")
+        self.frame_size = frame_size
+        self.capacity = capacity
+        self.overflow = overflow
+        self.drop_oldest = overflow == "drop_oldest"
+        self.silence = <unsigned char>silence
+        self._ring = np.zeros(capacity, dtype=np.uint8)
+        rv = self._ring
+        self.ring = &rv[0]
+        self.head = 0
+        self.count = 0
+
+    def __len__(self):
+        return self.count
+
+    @property
+    def available(self):
+        """Bytes buffered and not yet read."""
+        return self.count
+
+    @property
+    def free(self):
+        """Bytes that can be pushed before the overflow policy applies."""
+        return self.capacity - self.count
+
+    cdef inline void _write(self, const unsigned char *src, Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t tail = (self.head + self.count) % self.capacity
+        cdef Py_ssize_t first = self.capacity - tail
+        if first > n:
+            first = n
+        memcpy(self.ring + tail, src, first)
+        if n > first:
+            memcpy(self.ring, src + first, n - first)
+        self.count += n
+
+    cdef inline void _read(self, unsigned char *dst, Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t first = self.capacity - self.head
+        if first > n:
+            first = n
+        memcpy(dst, self.ring + self.head, first)
+        if n > first:
+            memcpy(dst + first, self.ring, n - first)
+        self.head = (self.head + n) % self.capacity
+        self.count -= n
+
+    cdef inline void _discard(self, Py_ssize_t n) noexcept nogil:
+        self.head = (self.head + n) % self.capacity
+        self.count -= n
+
+    def push(self, data):
+        """Append μ-law bytes (any buffer); returns how many older bytes were dropped (drop_oldest)."""
+        cdef Py_buffer v
+        cdef Py_ssize_t n, drop = 0
+        cdef const unsigned char *src
+        _get_in(data, &v, "data")
+        try:
+            n = v.len
+            src = <const unsigned char *>v.buf
+            if n > self.capacity - self.count:
+                if not self.drop_oldest:
+                    raise OverflowError(f"playout buffer full: {self.count} of {self.capacity} bytes buffered, "
+                                        f"cannot add {n}; nothing was written")
+                if n > self.capacity:  # only the newest `capacity` bytes can survive
+                    drop = self.count + (n - self.capacity)
+                    self.total_written += n - self.capacity
+                    src += n - self.capacity
+                    n = self.capacity
+                    self._discard(self.count)
+                else:
+                    drop = n - (self.capacity - self.count)
+                    self._discard(drop)
+                self.total_dropped += drop
+            self._write(src, n)
+            self.total_written += n
+        finally:
+            PyBuffer_Release(&v)
+        return drop
+
+    cpdef Py_ssize_t pop_into(self, object out, bint pad=False) except -1:
+        """Write the next frame into ``out`` (exactly frame_size writable bytes); returns the audio bytes in it.
+
+        With fewer than frame_size bytes buffered: without ``pad`` nothing is read and 0 is returned; with
+        ``pad`` what is buffered is read and the rest of the frame is μ-law silence (counted as an underrun).
+        """
+        cdef Py_buffer ov
+        cdef Py_ssize_t n
+        _get_out(out, &ov)
+        try:
+            if ov.len != self.frame_size:
+                raise ValueError(f"out has {ov.len} bytes; a frame is exactly {self.frame_size} bytes")
+            n = self.count
+            if n >= self.frame_size:
+                n = self.frame_size
+            elif not pad:
+                return 0
+            else:
+                memset(<unsigned char *>ov.buf + n, self.silence, self.frame_size - n)
+                self.underruns += 1
+            self._read(<unsigned char *>ov.buf, n)
+            self.total_read += n
+            return n
+        finally:
+            PyBuffer_Release(&ov)
+
+    def pop(self, bint pad=False):
+        """The next frame as a new bytearray, or None when less than a frame is buffered and not ``pad``."""
+        cdef object out
+        if self.count < self.frame_size and not pad:
+            return None
+        out = bytearray(self.frame_size)
+        self.pop_into(out, pad)
+        return out
+
+    def read(self, Py_ssize_t n=-1):
+        """Up to ``n`` buffered bytes (all when n < 0) as bytes, e.g. to drain the tail of a response."""
+        cdef object out
+        cdef unsigned char[::1] ov
+        if n < 0 or n > self.count:
+            n = self.count
+        out = bytearray(n)
+        if n:
+            ov = out
+            self._read(&ov[0], n)
+            self.total_read += n
+        return bytes(out)
+
+    def clear(self):
+        """Discard everything buffered (barge-in); returns the number of bytes discarded."""
+        cdef Py_ssize_t n = self.count
+        self._discard(n)
+        self.head = 0
+        self.total_cleared += n
+        return n
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inbound jitter/reorder buffer
+
+cdef class InboundJitter:
+    """Orders inbound frames by sequence number and fills gaps with silence (see rtvoice.audio.InboundJitter)."""
+
+    cdef readonly int window
+    cdef readonly Py_ssize_t frame_size
+    cdef readonly int max_fill
+    cdef readonly long long frames_in
+    cdef readonly long long frames_out
+    cdef readonly long long gaps
+    cdef readonly long long filled
+    cdef readonly long long late
+    cdef readonly long long duplicates
+    cdef readonly long long resyncs
+    cdef object _expected
+    cdef dict _pending
+    cdef bytes _silence
+
+    def __cinit__(self, Py_ssize_t frame_size=160, int window=3, int max_fill=250, int silence=0xFF):
+        if window < 0:
+            raise ValueError(f"window must be >= 0, got {window}")
+        if frame_size < 1:
+            raise ValueError(f"frame_size must be >= 1, got {frame_size}")
+        if max_fill < 0:
+            raise ValueError(f"max_fill must be >= 0, got {max_fill}")
+        self.window = window
+        self.frame_size = frame_size
+        self.max_fill = max_fill
+        self._silence = bytes([silence]) * frame_size
+        self._expected = None
+        self._pending = {}
+
+    @property
+    def expected(self):
+        """The sequence number released next (None before the first frame)."""
+        return self._expected
+
+    @property
+    def pending(self):
+        """Frames held back waiting for a missing earlier frame."""
+        return len(self._pending)
+
+    cdef _release_until_blocked(self, list out):
+        cdef object seq = self._expected
+        cdef dict pending = self._pending
+        while seq in pending:
+            out.append((seq, pending.pop(seq), False))
+            seq += 1
+        self._expected = seq
+
+    def push(self, seq, payload):
+        """Add inbound frame number ``seq``; returns the frames now released, in order.
+
+        Each released item is ``(seq, payload, filled)``; ``filled`` is True for μ-law silence standing in
+        for a frame that never arrived.  A frame older than the next one to release is counted as late (or
+        as a duplicate when it is pending already) and dropped.
+        """
+        cdef list out = []
+        cdef object exp = self._expected
+        cdef object last, s
+        cdef long long gap
+        self.frames_in += 1
+        if exp is None:
+            self._expected = exp = seq
+        if seq == exp:  # the common case: in order, straight through
+            out.append((seq, payload, False))
+            self._expected = seq + 1
+            if self._pending:
+                self._release_until_blocked(out)
+            self.frames_out += len(out)
+            return out
+        if seq < exp:
+            self.late += 1
+            return out
+        if seq in self._pending:
+            self.duplicates += 1
+            return out
+        self._pending[seq] = payload
+        last = max(self._pending)
+        if last - exp >= self.window:
+            # the missing frame(s) did not arrive within the window: fill the holes up to the oldest held frame
+            s = min(self._pending)
+            gap = s - exp
+            self.gaps += 1
+            if gap > self.max_fill:
+                self.resyncs += 1  # a jump too long to fill (e.g. a restarted counter): skip ahead
+            else:
+                while exp < s:
+                    out.append((exp, self._silence, True))
+                    exp += 1
+                self.filled += gap
+            self._expected = s
+            self._release_until_blocked(out)
+            # later holes inside the window may now also be overdue
+            while self._pending and max(self._pending) - self._expected >= self.window:
+                s = min(self._pending)
+                self.gaps += 1
+                self.filled += s - self._expected
+                exp = self._expected
+                while exp < s:
+                    out.append((exp, self._silence, True))
+                    exp += 1
+                self._expected = s
+                self._release_until_blocked(out)
+        self.frames_out += len(out)
+        return out
+
+    def flush(self):
+        """Release everything held (end of stream), filling holes with silence."""
+        cdef list out = []
+        cdef object s, exp
+        while self._pending:
+            s = min(self._pending)
+            exp = self._expected
+            if s > exp:
+                self.gaps += 1
+                self.filled += s - exp
+                while exp < s:
+                    out.append((exp, self._silence, True))
+                    exp += 1
+                self._expected = s
+            self._release_until_blocked(out)
+        self.frames_out += len(out)
         return out

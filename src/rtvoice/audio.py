@@ -33,6 +33,27 @@ at import). Any pair of 8000/16000/24000 Hz, and 11025/22050/32000/44100/48000 -
 Quality (tests/test_audio_resampler.py measures it): passband within 0.001 dB up to 0.425 * the lower rate
 (3.4 kHz at 8 kHz), stopband <= -81 dB from 0.625 * the lower rate (5 kHz) and <= -94 dB from 7/4 of it.
 
+Outbound playout: :class:`PlayoutBuffer` ``(frame_size=160, capacity=480000, overflow="raise", silence=0xFF)``
+is a byte ring for μ-law: ``push(data)`` takes bursts of any size, ``pop(pad=False)`` / ``pop_into(out,
+pad=False)`` hand out fixed frames. Positions: ``total_written`` (bytes ever pushed) and ``total_read`` (audio
+bytes ever handed out, padding excluded) are running byte counts, so "position P" maps to a chunk of a
+response by recording ``total_written`` before each push; always ``total_written == total_read + available +
+total_cleared + total_dropped``. ``clear()`` discards everything buffered and returns how many bytes that was.
+Overflow policy (capacity default 60 s of 8 kHz μ-law): ``"raise"`` (default) raises ``OverflowError`` and
+writes nothing, so the buffer stays consistent and the caller decides; ``"drop_oldest"`` discards the oldest
+unplayed bytes (counted in ``total_dropped``; ``push`` returns how many). With ``pad=True`` an underrun still
+yields a full frame, completed with μ-law silence (0xFF) and counted in ``underruns``.
+
+Inbound ordering: :class:`InboundJitter` ``(frame_size=160, window=3, max_fill=250)``: ``push(seq, payload)``
+with Twilio's ``media.chunk`` number (or ``timestamp // 20``) returns the frames released, in order, as
+``(seq, payload, filled)``; a hole is filled with one frame of μ-law silence per missing number
+(``filled=True``) so VAD and vendors stay time-aligned. Latency: in-order frames pass straight through (0 ms
+added); only frames after a hole wait, until a frame ``window`` numbers past the hole arrives (at most
+``window`` * 20 ms = 60 ms), then the hole is declared lost. Late (already passed) frames and duplicates are
+dropped and counted (``late``, ``duplicates``); ``gaps`` counts holes, ``filled`` the silence frames inserted;
+a jump of more than ``max_fill`` frames is skipped without filling (``resyncs``). ``flush()`` releases
+everything held at the end of a stream.
+
 WAV helpers (stdlib :mod:`wave` plus a small RIFF reader for G.711 WAVs, which ``wave`` rejects):
 :func:`read_wav`, :func:`write_wav`, and :func:`to_ulaw_8k` for turning any supported rate into the
 8 kHz μ-law that Twilio carries.
@@ -49,6 +70,8 @@ import numpy as np
 import numpy.typing as npt
 
 from rtvoice._dsp import SUPPORTED_PAIRS as SUPPORTED_PAIRS
+from rtvoice._dsp import InboundJitter as InboundJitter
+from rtvoice._dsp import PlayoutBuffer as PlayoutBuffer
 from rtvoice._dsp import Resampler as Resampler
 from rtvoice._dsp import alaw_decode as alaw_decode
 from rtvoice._dsp import alaw_encode as alaw_encode
@@ -61,6 +84,8 @@ if TYPE_CHECKING:
 __all__ = [
     "SUPPORTED_PAIRS",
     "ULAW_SILENCE",
+    "InboundJitter",
+    "PlayoutBuffer",
     "Resampler",
     "alaw_decode",
     "alaw_encode",
