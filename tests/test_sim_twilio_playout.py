@@ -90,3 +90,16 @@ def test_script_validation() -> None:
         CallScript().say(b"", at_ms=0, after_ms=10)
     with pytest.raises(ValueError):
         CallScript().dtmf("x")
+
+
+def test_caller_audio_from_wav_of_any_rate(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rtvoice.audio import write_wav
+
+    t = np.arange(16000) / 16000.0
+    pcm = (np.sin(2 * np.pi * 300 * t) * 8000).astype(np.int16)
+    write_wav(tmp_path / "a16.wav", pcm.tobytes(), 16000)
+    ulaw = caller_audio(tmp_path / "a16.wav")
+    assert abs(len(ulaw) - 8000) <= 1  # 1 s at 8 kHz μ-law
+    write_wav(tmp_path / "a8.wav", pcm[::2].copy().tobytes(), 8000)
+    assert caller_audio(str(tmp_path / "a8.wav")) == bytes(ulaw_encode(pcm[::2].copy().tobytes()))
+    assert len(caller_audio(pcm, rate=16000)) == len(ulaw)

@@ -91,10 +91,7 @@ def _pcm_to_ulaw_8k(samples: npt.NDArray[np.int16], rate: int) -> bytes:
     samples = np.ascontiguousarray(samples, dtype=np.int16)
     if rate == 8000:
         return bytes(core.ulaw_encode(samples.tobytes()))
-    to_ulaw_8k = getattr(core, "to_ulaw_8k", None)
-    if to_ulaw_8k is None:
-        raise ValueError(f"caller audio at {rate} Hz needs rtvoice.audio.to_ulaw_8k (not available)")
-    return bytes(to_ulaw_8k(samples, rate))
+    return bytes(core.to_ulaw_8k(samples.tobytes(), rate))
 
 
 # --- the caller's script
