@@ -255,3 +255,27 @@ async def test_server_added_latency(emu: OpenAIRealtimeEmulator) -> None:
               f"median {statistics.median(lat):.1f} min {min(lat):.1f} max {max(lat):.1f}")  # fmt: skip
     finally:
         await agent.close()
+
+
+async def test_pcm24_path_through_the_compiled_resampler(emu: OpenAIRealtimeEmulator) -> None:
+    from rtvoice.audio import Resampler, ulaw_encode
+
+    agent, sink = await started(make_settings(emu, openai_audio_format="pcm"))
+    try:
+        upd = await emu.wait_for_event("session.update")
+        assert upd["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+        await speak(agent, speech_ulaw())
+        await wait_until(lambda: bool(sink.of("bot_audio_done")))
+        text = "Our opening hours are nine to five."
+        # 24 kHz from OpenAI -> 8 kHz μ-law: identical to one-shot resampling + encoding of the same audio
+        pcm24 = voice.render(text, 24000, MS_PER_CHAR)
+        expected = bytes(ulaw_encode(Resampler(24000, 8000).process(pcm24)))
+        assert sink.audio() == expected
+        appends = session_events(emu, "input_audio_buffer.append")
+        import base64
+
+        assert sum(len(base64.b64decode(e["audio"])) for e in appends) % 960 == 0  # 24 kHz int16 frames
+        assert ("caller_text", "When are you open?", True) in sink.calls  # the emulator VAD heard it
+        assert emu.sessions[-1].rejected == [] and sink.faults() == []
+    finally:
+        await agent.close()

@@ -45,7 +45,7 @@ class _Resampler(Protocol):
 def _resampler(in_rate: int, out_rate: int) -> _Resampler:
     from rtvoice import audio
 
-    r: _Resampler = audio.Resampler(in_rate, out_rate)  # type: ignore[attr-defined,unused-ignore]
+    r: _Resampler = audio.Resampler(in_rate, out_rate)
     return r
 
 
@@ -117,17 +117,26 @@ class ToUlaw8k:
 class FromPcm8k:
     """Caller audio (int16 PCM at 8 kHz, as the call hands it over) -> int16 PCM at ``rate``, streaming."""
 
-    __slots__ = ("_rs", "rate")
+    __slots__ = ("_out", "_rs", "rate")
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self._rs = None if rate == 8000 else _resampler(8000, rate)
+        self._out = bytearray()
 
-    def convert(self, pcm: memoryview | bytes) -> Any:
-        """One 20 ms frame in; a buffer of int16 samples at ``rate`` out (any buffer-protocol object)."""
+    def convert(self, pcm: memoryview | bytes) -> memoryview:
+        """One frame in; its int16 samples at ``rate`` out, as a byte view.
+
+        The view is of a buffer reused on the next call (no allocation per frame): copy it before then.
+        """
+        view = memoryview(pcm).cast("B")
         if self._rs is None:
-            return pcm
-        return self._rs.process(pcm)
+            return view
+        need = view.nbytes * self.rate // 8000
+        if len(self._out) != need:
+            self._out = bytearray(need)
+        self._rs.process(view, self._out)
+        return memoryview(self._out)
 
 
 def clamp_audio_end_ms(heard_ms: int, produced_ms: float) -> int:
