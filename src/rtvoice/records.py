@@ -664,6 +664,10 @@ class CallRecorder:
         """The Media Stream started (``info`` is the call's :class:`rtvoice.agents.base.CallInfo`)."""
         self.call_sid = info.call_sid
         self.started_at = self.clock()
+        if not self.profile:
+            # An outbound call's profile rides in the stream's custom parameters (when passed on).
+            params = getattr(info, "custom_parameters", None) or {}
+            self.profile = str(params.get("profile", ""))
         self.records.start_call(
             info.call_sid,
             from_number=info.from_number,
@@ -859,3 +863,33 @@ class LegRecorder:
 def record_to_json(rec: Mapping[str, Any]) -> str:
     """One call record as a JSON document (used by ``calls show --json`` and export)."""
     return json.dumps(rec, ensure_ascii=False, sort_keys=False, default=str)
+
+
+def observer_factory(
+    records: CallRecords, settings: Any, limits: UsageLimits | None = None
+) -> Callable[[], CallRecorder]:
+    """A factory making one :class:`CallRecorder` per Media Stream, for ``CallRegistry.observer_factory``
+    (``rtvoice.call.session`` calls it for each stream). Records both legs to WAV when
+    ``settings.record_audio_dir`` is set (the recorder's ``legs`` are then fed by the call)."""
+    lim = limits if limits is not None else UsageLimits(
+        call_minutes=settings.max_call_minutes,
+        call_tokens=settings.max_call_tokens,
+        day_minutes=settings.max_day_minutes,
+        day_tokens=settings.max_day_tokens,
+    )
+
+    def make() -> CallRecorder:
+        return CallRecorder(records, agent=settings.agent, limits=lim)
+
+    return make
+
+
+def attach(registry: Any, settings: Any) -> CallRecords:
+    """Open ``settings.db_path`` and make every call served through ``registry`` leave a record.
+
+    Returns the :class:`CallRecords` (close it at shutdown to commit what is queued).
+    """
+    records = CallRecords(settings.db_path)
+    registry.observer_factory = observer_factory(records, settings)
+    return records
+

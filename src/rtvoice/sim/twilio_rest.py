@@ -181,6 +181,60 @@ async def webhook_dialer(ctx: DialContext) -> str:
     return body
 
 
+def media_stream_dialer(
+    rtvoice_base_url: str | None = None,
+    *,
+    script: Callable[[SimCall], Any] | None = None,
+    speed: float = 1.0,
+    max_duration_ms: float = 120_000.0,
+) -> Dialer:
+    """A :data:`Dialer` that answers the call with the simulated caller of :mod:`rtvoice.sim.twilio`.
+
+    It posts the signed webhook to the call's ``Url`` (``Direction=outbound-api``), opens the Media Stream the
+    TwiML names and plays ``script(call)`` (a ``CallScript``; default: silence) until the call ends or is hung
+    up through REST (then the caller side sends ``stop`` and closes, as Twilio does). ``rtvoice_base_url`` is
+    where rtvoice really listens when it differs from the public URL in ``Url``. Returns the ``CallResult``.
+    """
+    from urllib.parse import urlsplit
+
+    from rtvoice.sim.twilio import SimulatedTwilio
+
+    async def dial(ctx: DialContext) -> Any:
+        call = ctx.call
+        assert call.url is not None
+        parts = urlsplit(call.url)
+        public = f"{parts.scheme}://{parts.netloc}"
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        twilio = SimulatedTwilio(
+            rtvoice_base_url or public,
+            auth_token=ctx.auth_token,
+            account_sid=call.account_sid,
+            public_base_url=public,
+            speed=speed,
+            webhook_path=path,
+        )
+        sim_call = twilio.start_call(
+            script(call) if script is not None else None,
+            from_number=call.from_,
+            to_number=call.to,
+            call_sid=call.sid,
+            direction="outbound-api",
+            max_duration_ms=max_duration_ms,
+        )
+        hung = asyncio.ensure_future(call.hung_up.wait())
+        done = asyncio.ensure_future(sim_call.wait_done(max_duration_ms / 1000 / speed + 60))
+        try:
+            await asyncio.wait({hung, done}, return_when=asyncio.FIRST_COMPLETED)
+            if not done.done():
+                return await sim_call.aclose()
+            return done.result()
+        finally:
+            hung.cancel()
+            done.cancel()
+
+    return dial
+
+
 class TwilioRestError(Exception):
     def __init__(self, status: int, code: int, message: str) -> None:
         super().__init__(message)
