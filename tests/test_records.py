@@ -336,3 +336,50 @@ def test_sigkill_mid_call_loses_nothing_recorded(tmp_path: Path) -> None:
     size = wav.stat().st_size
     assert repair_wav(wav) == size - HEADER_LEN
     assert len(_read_mulaw_wav(wav)[2]) == size - HEADER_LEN
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    from rtvoice.metrics import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_recorder_feeds_prometheus_and_maps_agent_usage(tmp_path: Path) -> None:
+    from rtvoice.agents.vendor_common import Usage
+    from rtvoice.metrics import render
+
+    sent = {"stage": "sent"}
+    before = {
+        "lat": _sample("rtvoice_turn_latency_seconds_count", sent),
+        "barge": _sample("rtvoice_barge_ins_total", {"cut_off": "yes"}),
+        "err": _sample("rtvoice_vendor_errors_total", {"vendor": "openai", "kind": "dropped"}),
+        "tok": _sample("rtvoice_vendor_usage_total", {"vendor": "openai", "metric": "output_audio_tokens"}),
+        "chars": _sample("rtvoice_vendor_usage_total", {"vendor": "elevenlabs", "metric": "characters"}),
+    }
+    usage = Usage()
+    usage.add_openai(_RESPONSE_DONE_USAGE)
+    usage.tts_characters = 42
+    with CallRecords(tmp_path / "r.sqlite3") as rec:
+        r = CallRecorder(rec, agent="openai", profile="desk")
+        r.call_started(_info())
+        r.latency(TurnLatency(caller_end_ms=1000, first_audio_sent_ms=1450))
+        r.barge_in(Heard("item_1", 300), 70)
+        r.fault("dropped", "socket closed")
+        r.agent_usage(usage)
+        r.call_ended("completed")
+        await rec.flush()
+        got = rec.get(SID)
+    assert got is not None
+    assert got["usage"]["openai"]["input_cached_tokens"] == 64
+    assert got["usage"]["openai"]["output_audio_tokens"] == 150
+    assert got["usage"]["elevenlabs"] == {"characters": 42}
+    assert _sample("rtvoice_turn_latency_seconds_count", sent) == before["lat"] + 1
+    assert _sample("rtvoice_barge_ins_total", {"cut_off": "yes"}) == before["barge"] + 1
+    dropped = {"vendor": "openai", "kind": "dropped"}
+    assert _sample("rtvoice_vendor_errors_total", dropped) == before["err"] + 1
+    out_audio = {"vendor": "openai", "metric": "output_audio_tokens"}
+    assert _sample("rtvoice_vendor_usage_total", out_audio) == before["tok"] + 150
+    chars = {"vendor": "elevenlabs", "metric": "characters"}
+    assert _sample("rtvoice_vendor_usage_total", chars) == before["chars"] + 42
+    assert b"rtvoice_turn_latency_seconds_bucket" in render()[0]

@@ -130,6 +130,52 @@ TOKEN_METRICS = (
 )
 
 
+def _metrics() -> Any:
+    """The operations metrics, registered once in rtvoice's Prometheus registry (``GET /metrics``)."""
+    global _METRICS
+    if _METRICS is None:
+        from types import SimpleNamespace
+
+        from prometheus_client import Counter, Histogram
+
+        from rtvoice.metrics import REGISTRY
+
+        # Latency buckets span a snappy 150 ms to a sluggish 5 s first response.
+        buckets = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
+        _METRICS = SimpleNamespace(
+            turn_latency=Histogram(
+                "rtvoice_turn_latency_seconds",
+                "Caller end of speech -> first bot audio sent (stage=sent) / heard by mark (stage=heard)",
+                ["stage"],
+                registry=REGISTRY,
+                buckets=buckets,
+            ),
+            barge_ins=Counter(
+                "rtvoice_barge_ins", "Caller barge-ins (cut_off: whether bot audio was cut)", ["cut_off"],
+                registry=REGISTRY,
+            ),
+            vendor_errors=Counter(
+                "rtvoice_vendor_errors",
+                "Vendor faults by vendor and kind",
+                ["vendor", "kind"],
+                registry=REGISTRY,
+            ),
+            vendor_usage=Counter(
+                "rtvoice_vendor_usage",
+                "Vendor usage: OpenAI tokens by kind, ElevenLabs characters",
+                ["vendor", "metric"],
+                registry=REGISTRY,
+            ),
+            call_seconds=Counter(
+                "rtvoice_call_seconds", "Seconds of finished calls by profile", ["profile"], registry=REGISTRY
+            ),
+        )
+    return _METRICS
+
+
+_METRICS: Any = None
+
+
 class RecordsError(RuntimeError):
     """The records database cannot be used (newer schema, unwritable path, ...)."""
 
@@ -707,6 +753,7 @@ class CallRecorder:
 
     def barge_in(self, heard: _HeardLike | None, reaction_ms: float, at_ms: int | None = None) -> None:
         """The caller interrupted; ``heard`` is how much of which item they heard (None: nothing was cut)."""
+        _metrics().barge_ins.labels(cut_off="yes" if heard is not None else "no").inc()
         self.records.add_barge_in(
             self.call_sid,
             at_ms,
@@ -717,22 +764,29 @@ class CallRecorder:
 
     def latency(self, turn: _TurnLatencyLike) -> None:
         """One caller -> bot turn's latencies (``eos_to_first_audio_sent``, ``eos_to_first_audio_heard``)."""
+        m = _metrics().turn_latency
         if (sent := turn.to_first_audio_ms) is not None:
             self.records.add_latency(self.call_sid, "eos_to_first_audio_sent", sent, turn.caller_end_ms)
+            m.labels(stage="sent").observe(sent / 1000.0)
         if (heard := turn.to_heard_ms) is not None:
             self.records.add_latency(self.call_sid, "eos_to_first_audio_heard", heard, turn.caller_end_ms)
+            m.labels(stage="heard").observe(heard / 1000.0)
 
     def usage(self, vendor: str, **counts: float) -> None:
         """Vendor usage increments, e.g. ``usage("openai", **openai_usage_counts(u))`` or
         ``usage("elevenlabs", characters=42)``."""
         per_vendor = self.usage_totals.setdefault(vendor, {})
+        counter = _metrics().vendor_usage
         for metric, amount in counts.items():
+            if amount:
+                counter.labels(vendor=vendor, metric=metric).inc(amount)
             per_vendor[metric] = per_vendor.get(metric, 0.0) + amount
             if metric in TOKEN_METRICS:
                 self.tokens += amount
         self.records.add_usage(self.call_sid, vendor, counts)
 
     def fault(self, kind: str, message: str, *, vendor: str = "", fatal: bool = False) -> None:
+        _metrics().vendor_errors.labels(vendor=vendor or self.agent or "unknown", kind=kind).inc()
         self.records.add_fault(self.call_sid, kind, message, vendor=vendor, fatal=fatal)
 
     def call_ended(self, outcome: str) -> None:
@@ -741,7 +795,26 @@ class CallRecorder:
         self.ended = True
         if self.legs is not None:
             self.legs.close()
-        self.records.end_call(self.call_sid, outcome, self.clock())
+        now = self.clock()
+        self.records.end_call(self.call_sid, outcome, now)
+        if self.started_at is not None:
+            _metrics().call_seconds.labels(profile=self.profile or "-").inc(max(0.0, now - self.started_at))
+
+    def agent_usage(self, usage: Any) -> None:
+        """Record an agent's whole-call usage object (``rtvoice.agents.vendor_common.Usage``: anything with
+        ``as_dict()`` using its field names), mapping it to the record's metric names."""
+        d = usage.as_dict() if hasattr(usage, "as_dict") else dict(usage)
+        tokens = {
+            "input_text_tokens": d.get("input_text_tokens", 0),
+            "input_audio_tokens": d.get("input_audio_tokens", 0),
+            "input_cached_tokens": d.get("cached_tokens", 0),
+            "output_text_tokens": d.get("output_text_tokens", 0),
+            "output_audio_tokens": d.get("output_audio_tokens", 0),
+        }
+        if any(tokens.values()):
+            self.usage("openai", **tokens)  # only OpenAI bills tokens among rtvoice's vendors
+        if d.get("tts_characters"):
+            self.usage("elevenlabs", characters=d["tts_characters"])
 
     @property
     def minutes(self) -> float:
