@@ -1,0 +1,117 @@
+"""``RTVOICE_AGENT=echo``: plays each caller utterance back after ``RTVOICE_ECHO_DELAY_MS``, for line testing.
+
+Each caller utterance (found with the same gated webrtcvad the call uses) becomes one bot item, ``echo-<n>``:
+its frames, from the first speech frame to the end of the VAD hangover, are played back ``echo_delay_ms``
+after they were heard. Silence between utterances is not echoed, so the bot is only "speaking" while it
+replays speech: that is what makes barge-in testable with this agent. Speaking over an echo interrupts it
+(the call clears Twilio and calls :meth:`EchoAgent.barge_in`), and the rest of that item is dropped; the new
+utterance is echoed in turn.
+
+Once an echo has started, its next frames are released up to ``LEAD_FRAMES`` early: the call then keeps ~60
+ms queued at Twilio, so network jitter does not open gaps between 20 ms frames (a vendor sends faster than
+real time for the same reason). The first frame is never early, so the delay itself is exact.
+
+No timers: the inbound frames (one every 20 ms, for the whole call) are the clock, so the delay is exact in
+stream time and the simulated Twilio's faster-than-real-time mode works unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
+from rtvoice.config import Settings
+from rtvoice.vad import FRAME_MS, SpeechEnd, SpeechStart, VoiceActivity
+
+#: Frames of an echo already playing that are handed to the call ahead of their time (jitter cushion).
+LEAD_FRAMES = 3
+
+
+class EchoAgent(Agent):
+    """Echoes caller utterances back as items after a fixed delay."""
+
+    name = "echo"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.delay_frames = max(0, settings.echo_delay_ms // FRAME_MS)
+        self.vad = VoiceActivity.from_settings(settings)
+        self.sink: AgentSink | None = None
+        self.info: CallInfo | None = None
+        self._tick = 0
+        # The last few frames, so an utterance's echo starts at its first speech frame, not at the frame that
+        # confirmed the onset.
+        self._preroll: deque[bytes] = deque(maxlen=settings.vad_onset_frames + 1)
+        self._item: str | None = None  # the utterance being captured
+        self._count = 0
+        # Frames waiting for their time: (due tick, item id, μ-law) and (due tick, item id, None) = item done.
+        self._pending: deque[tuple[int, str, bytes | None]] = deque()
+        self._cut: set[str] = set()
+        self._started: str | None = None  # the echo whose first frame has been released
+        #: What the caller heard of each interrupted echo (for tests and the line-test report).
+        self.barge_ins: list[Heard | None] = []
+        self.played: dict[str, int] = {}
+        self.digits: list[str] = []
+        self.closed = False
+
+    async def start(self, call: CallInfo, sink: AgentSink) -> None:
+        self.info = call
+        self.sink = sink
+
+    def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
+        tick = self._tick
+        self._tick = tick + 1
+        if self.closed:
+            return
+        event = self.vad.process(pcm, tick * FRAME_MS) if len(ulaw) == 160 else None
+        due = tick + self.delay_frames
+        if isinstance(event, SpeechStart):
+            self._count += 1
+            self._item = f"echo-{self._count}"
+            # Frames from the onset on: the onset frame is (tick - onset run length + 1) ... tick.
+            back = tick - event.onset_ms // FRAME_MS
+            for i, frame in enumerate(list(self._preroll)[-back:] if back else []):
+                self._pending.append((due - back + i, self._item, frame))
+        if self._item is not None:
+            self._pending.append((due, self._item, bytes(ulaw)))
+            if isinstance(event, SpeechEnd):
+                self._pending.append((due, self._item, None))
+                self._item = None
+        self._preroll.append(bytes(ulaw))
+        self._release(tick)
+
+    def _release(self, tick: int) -> None:
+        sink = self.sink
+        pending = self._pending
+        while pending:
+            due, item_id, _ = pending[0]
+            if due > (tick + LEAD_FRAMES if item_id == self._started else tick):
+                break
+            _, item_id, frame = pending.popleft()
+            self._started = item_id
+            if sink is None or item_id in self._cut:
+                continue
+            if frame is None:
+                sink.bot_audio_done(item_id)
+            else:
+                sink.bot_audio(item_id, frame)
+
+    def send_dtmf(self, digit: str) -> None:
+        self.digits.append(digit)
+
+    def barge_in(self, heard: Heard | None) -> None:
+        self.barge_ins.append(heard)
+        # Drop what is left of every echo already queued (the interrupted one and any after it); the utterance
+        # being captured now is the caller's new turn and will be echoed.
+        for _, item_id, _ in self._pending:
+            if item_id != self._item:
+                self._cut.add(item_id)
+        if heard is not None:
+            self._cut.add(heard.item_id)
+
+    def playback(self, item_id: str, played_ms: int) -> None:
+        self.played[item_id] = played_ms
+
+    async def close(self) -> None:
+        self.closed = True
+        self._pending.clear()

@@ -1,0 +1,214 @@
+"""The calls of one worker process: active streams, agents pre-opened at webhook time, stream tokens.
+
+First-turn latency: the vendor session is opened when Twilio's webhook arrives (:meth:`CallRegistry.prepare`),
+while Twilio is still ringing the Media Stream up, and handed to the stream when its ``start`` arrives
+(:meth:`CallRegistry.take_prepared`). Opening it on the WebSocket upgrade instead costs the caller ~2-3 s of
+dead air (openclaw#85847). A prepared agent nobody takes (the stream never came, or landed on another worker)
+is closed after ``PREPARED_TTL_S``.
+
+Duplicate streams (two streams for the same CallSid, e.g. Twilio reconnecting a stream, or a double webhook
+producing two ``<Connect><Stream>``: call-gpt PR#61, openclaw PR#29862): **the newer stream replaces the older
+one.** The stream token is single-use, so a second stream that passed verification carries a fresh token the
+webhook issued: it is Twilio's current view of the call, and the old socket is the one that is stale (Twilio
+does not send audio to two bidirectional streams of one call). The old stream is closed with 1000 and its call
+record ends with outcome ``replaced``; the new one gets a fresh agent (the old agent's session is closed with
+it, since its conversation state belongs to a stream that no longer plays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rtvoice.agents.base import Agent
+from rtvoice.config import Settings
+from rtvoice.twilio.stream_token import StreamTokens
+
+log = logging.getLogger("rtvoice.call")
+
+#: How long a pre-opened agent waits for its stream before it is closed.
+PREPARED_TTL_S = 30.0
+
+
+class ActiveStream(Protocol):
+    """What the registry needs from a live stream (the session's MediaStreamHandler)."""
+
+    def replace(self) -> None:
+        """A newer stream for the same call took over: end this one (close 1000, outcome ``replaced``)."""
+
+    async def shutdown(self) -> None:
+        """The server is draining: end the call (close 1001)."""
+
+
+@dataclass(slots=True)
+class _Prepared:
+    agent: Agent
+    from_number: str
+    to_number: str
+    direction: str
+    task: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class CallStatus:
+    """The last ``/call-status`` callback seen for a call."""
+
+    status: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+class CallRegistry:
+    """Per-process call bookkeeping (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        agent_factory: Callable[[Settings], Agent] | None = None,
+        prepared_ttl_s: float = PREPARED_TTL_S,
+    ) -> None:
+        self.settings = settings
+        if agent_factory is None:
+            from rtvoice.agents.registry import create_agent
+
+            agent_factory = create_agent
+        self.agent_factory = agent_factory
+        self.prepared_ttl_s = prepared_ttl_s
+        #: Shared by the webhook (issue) and the Media Stream session (verify).
+        self.stream_tokens = StreamTokens.from_settings(settings)
+        self._prepared: dict[str, _Prepared] = {}
+        self._streams: dict[str, ActiveStream] = {}
+        self._status: dict[str, CallStatus] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    # --- counts
+    # -----------------------------------------------------------------------------------------------
+    @property
+    def active_calls(self) -> int:
+        """Media streams currently in a call in this process."""
+        return len(self._streams)
+
+    @property
+    def prepared_count(self) -> int:
+        return len(self._prepared)
+
+    # --- webhook time
+    # -----------------------------------------------------------------------------------------
+    def prepare(self, call_sid: str, from_number: str, to_number: str, direction: str) -> None:
+        """Create the call's agent now and start opening its vendor session in the background.
+
+        Never raises into the webhook for a vendor problem: a failed ``prepare()`` is logged, and the agent is
+        still handed over (its ``start`` reports the fault through the sink). Needs a running event loop.
+        """
+        if self.closed or not call_sid:
+            return
+        old = self._prepared.pop(call_sid, None)
+        if old is not None:  # a repeated webhook for the same call: the newer one wins
+            self._discard(call_sid, old)
+        agent = self.agent_factory(self.settings)
+        entry = _Prepared(agent, from_number, to_number, direction)
+        loop = asyncio.get_running_loop()
+        entry.task = loop.create_task(self._run_prepare(call_sid, agent))
+        entry.timer = loop.call_later(self.prepared_ttl_s, self._expire, call_sid, entry)
+        self._prepared[call_sid] = entry
+
+    async def _run_prepare(self, call_sid: str, agent: Agent) -> None:
+        try:
+            await agent.prepare()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "agent prepare failed", extra={"call_sid": call_sid, "error": f"{type(exc).__name__}: {exc}"}
+            )
+
+    def _expire(self, call_sid: str, entry: _Prepared) -> None:
+        if self._prepared.get(call_sid) is entry:
+            del self._prepared[call_sid]
+            log.info("prepared agent unused, closing", extra={"call_sid": call_sid})
+            self._discard(call_sid, entry)
+
+    def _discard(self, call_sid: str, entry: _Prepared) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+        if entry.task is not None and not entry.task.done():
+            entry.task.cancel()
+        self._close_later(entry.agent)
+
+    def _close_later(self, agent: Agent) -> None:
+        async def close() -> None:
+            with contextlib.suppress(Exception):
+                await agent.close()
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def take_prepared(self, call_sid: str) -> Agent | None:
+        """The agent prepared for ``call_sid``, or None. Taken once; its ``prepare()`` may still be running
+        (every agent's ``start`` waits for its own connection)."""
+        entry = self._prepared.pop(call_sid, None)
+        if entry is None:
+            return None
+        if entry.timer is not None:
+            entry.timer.cancel()
+        return entry.agent
+
+    def new_agent(self) -> Agent:
+        """An agent for a stream that had no prepared one (another worker took the webhook, or a test)."""
+        return self.agent_factory(self.settings)
+
+    # --- streams
+    # ----------------------------------------------------------------------------------------------
+    def stream_started(self, call_sid: str, stream: ActiveStream) -> None:
+        """Register a live stream; an older stream of the same call is replaced (see module docstring)."""
+        old = self._streams.get(call_sid)
+        self._streams[call_sid] = stream
+        if old is not None and old is not stream:
+            log.warning("second stream for the call replaces the first", extra={"call_sid": call_sid})
+            old.replace()
+
+    def stream_ended(self, call_sid: str, stream: ActiveStream) -> None:
+        if self._streams.get(call_sid) is stream:
+            del self._streams[call_sid]
+
+    def call_status(self, call_sid: str, status: str, params: dict[str, Any] | None = None) -> None:
+        """Twilio's status callback. A call that ended before its stream started frees its prepared agent."""
+        self._status[call_sid] = CallStatus(status, {k: str(v) for k, v in (params or {}).items()})
+        if len(self._status) > 10_000:  # bounded: oldest first
+            del self._status[next(iter(self._status))]
+        if status in ("completed", "busy", "failed", "no-answer", "canceled"):
+            entry = self._prepared.pop(call_sid, None)
+            if entry is not None:
+                self._discard(call_sid, entry)
+
+    def status_of(self, call_sid: str) -> CallStatus | None:
+        return self._status.get(call_sid)
+
+    async def drain(self) -> None:
+        """The server is draining: refuse new preparations and close the agents no stream has taken. Live
+        streams run on until the server closes them (1001 after the drain timeout)."""
+        self.closed = True
+        for call_sid, entry in list(self._prepared.items()):
+            self._discard(call_sid, entry)
+        self._prepared.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """Close every prepared agent and end every live stream."""
+        self.closed = True
+        for call_sid, entry in list(self._prepared.items()):
+            self._discard(call_sid, entry)
+        self._prepared.clear()
+        streams = list(self._streams.values())
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                await stream.shutdown()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,173 @@
+"""End to end on loopback: the real server and routes, the simulated Twilio, the echo agent.
+
+The caller hears its own words back; marks are echoed; speaking over an echo clears it (with the heard
+position reported to the agent within 20 ms of what the simulated caller actually heard); bad tokens are
+refused with 1008 while another call keeps streaming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from call_fakes import voiced
+from rtvoice.agents.echo import EchoAgent
+from rtvoice.call.registry import CallRegistry
+from rtvoice.config import Settings
+from rtvoice.routes import build_app
+from rtvoice.server.http import RunningServer, start_server
+from rtvoice.sim.twilio import CallScript, Faults, SimulatedTwilio
+
+TOKEN = "test-auth-token-0123456789abcdef"
+SPEED = 5.0  # stream time runs 5x faster than wall time
+TIMEOUT = 60.0
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    server: RunningServer
+    registry: CallRegistry
+    twilio: SimulatedTwilio
+    agents: list[EchoAgent]
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    settings = Settings(
+        port=port,
+        public_base_url=f"http://127.0.0.1:{port}",
+        twilio_auth_token=TOKEN,
+        agent="echo",
+        echo_delay_ms=300,
+        vad_onset_frames=3,
+        vad_hangover_frames=10,
+    )
+    agents: list[EchoAgent] = []
+
+    def factory(s: Settings) -> EchoAgent:
+        agent = EchoAgent(s)
+        agents.append(agent)
+        return agent
+
+    registry = CallRegistry(settings, agent_factory=factory)
+    app = build_app(settings, registry)
+    server = await start_server(app, settings, sock=sock)
+    twilio = SimulatedTwilio(f"http://127.0.0.1:{port}", auth_token=TOKEN, speed=SPEED)
+    try:
+        yield Rig(settings, server, registry, twilio, agents)
+    finally:
+        await registry.shutdown()
+        await asyncio.wait_for(server.shutdown(0.0), 20)
+
+
+def gliding_words(ms: int) -> bytes:
+    """Voiced speech whose pitch glides 120 -> 200 Hz, so every 20 ms frame is unique (findable in what the
+    caller heard)."""
+    from rtvoice.audio import ulaw_encode
+
+    n = ms * 8
+    t = np.arange(n) / 8000.0
+    f0 = 120.0 + 80.0 * t / t[-1]
+    phase = 2 * np.pi * np.cumsum(f0) / 8000.0
+    sig = sum((1.0 / k) * np.sin(k * phase) for k in range(1, 25))
+    sig = sig * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)
+    return bytes(ulaw_encode((sig / np.abs(sig).max() * 8000).astype(np.int16)))
+
+
+async def test_caller_hears_its_own_words_back(rig: Rig) -> None:
+    words = gliding_words(800)
+    script = CallScript().say(words, at_ms=400).hangup(after_bot_silence_ms=600)
+    result = await rig.twilio.call(script, timeout_s=TIMEOUT)
+    assert result.violations == []
+    assert result.ws_status == 101
+    said_start = result.said[0][0]
+    first = result.first_bot_audio_ms
+    assert first is not None
+    # The echo starts echo_delay_ms after the caller's first word (pacing adds nothing).
+    assert abs(first - (said_start + 300)) <= 40, (first, said_start)
+    # Every 20 ms of the caller's words comes back, unchanged and in order. (Stream time runs 5x faster than
+    # wall time here, so a few ms of scheduling jitter on this shared machine can open sub-frame gaps; the
+    # audio itself must be intact.)
+    heard = bytes(result.heard)
+    found = [heard.find(words[i : i + 160], int(first * 8) - 8) for i in range(0, len(words), 160)]
+    assert all(pos >= 0 for pos in found), found
+    assert found == sorted(found)
+    assert abs(found[0] / 8 - first) <= 1
+    assert (found[-1] - found[0]) / 8 <= 780 + 60
+    # Marks were sent and echoed as played; none was lost.
+    assert result.marks and all(m.echoed_ms is not None and m.played for m in result.marks)
+    assert rig.registry.active_calls == 0
+    assert rig.agents and rig.agents[0].closed
+
+
+async def test_speaking_over_the_echo_clears_it_and_reports_what_was_heard(rig: Rig) -> None:
+    # The caller says 600 ms of words at 200 ms; their echo plays from ~500 ms to ~1300 ms (+ VAD hangover).
+    # At 1100 ms, after the VAD ended the first utterance, the caller speaks again over the echo.
+    script = (
+        CallScript()
+        .say(voiced(600, f0=150.0, seed=1), at_ms=200)
+        .say(voiced(600, f0=190.0, seed=4), at_ms=1100)
+    )
+    call = rig.twilio.start_call(script)
+    clear = await call.wait_clear(1, TIMEOUT)
+    # Bot audio the simulated caller had heard when the clear arrived (all of it belongs to echo-1; echo-2
+    # cannot start before 300 ms after the second utterance).
+    truth = call.playout.played_total / 8
+    said2 = call.result.said[-1][0]
+    await call.wait_stream_time(clear.at_ms + 1500, TIMEOUT)
+    result = await call.aclose()
+    assert result.violations == []
+    agent = rig.agents[0]
+    assert len(agent.barge_ins) == 1
+    heard = agent.barge_ins[0]
+    assert heard is not None and heard.item_id == "echo-1"
+    # What the agent was told matches what the simulated caller really heard of echo-1:
+    assert abs(heard.audio_end_ms - truth) <= 20, (heard, truth)
+    # Clear within 120 ms (stream time) of the caller's new speech, and it emptied Twilio's buffer.
+    assert clear.at_ms - said2 <= 120
+    # Marks the clear returned are discarded, not played (there may be none if no mark followed the audio
+    # still queued), and the agent was never told that more than what was heard had played.
+    returned = [m for m in result.marks if m.name in clear.marks_returned]
+    assert all(m.played is False for m in returned)
+    assert all(ms <= heard.audio_end_ms + 20 for item, ms in agent.played.items() if item == "echo-1")
+    # The interrupting utterance is echoed in turn.
+    assert any(seg[0] > clear.at_ms for seg in result.bot_segments)
+
+
+async def test_forged_and_replayed_tokens_are_refused_while_another_call_streams(rig: Rig) -> None:
+    good = rig.twilio.start_call(CallScript().say(voiced(400), at_ms=200), max_duration_ms=6000)
+    forged = await rig.twilio.call(
+        CallScript(), faults=Faults(parameters={"token": "CAx.1.abc.def"}), timeout_s=TIMEOUT
+    )
+    assert forged.close_code == 1008
+    missing = await rig.twilio.call(
+        CallScript(), faults=Faults(drop_parameters=("token",)), timeout_s=TIMEOUT
+    )
+    assert missing.close_code == 1008
+    await good.wait_first_bot_audio(TIMEOUT)
+    result = await good.aclose()
+    assert result.violations == []
+    assert result.bot_audio_bytes > 0
+
+
+async def test_bad_upgrade_signature_is_403(rig: Rig) -> None:
+    result = await rig.twilio.call(CallScript(), faults=Faults(ws_signature="forged"), timeout_s=TIMEOUT)
+    assert result.ws_status == 403
+
+
+async def test_media_before_start_and_binary_frames_close_1008(rig: Rig) -> None:
+    early = await rig.twilio.call(CallScript(), faults=Faults(media_before_start=True), timeout_s=TIMEOUT)
+    assert early.close_code == 1008
+    binary = await rig.twilio.call(
+        CallScript(), faults=Faults(inject=[(200.0, b"\x00\x01")]), max_duration_ms=3000, timeout_s=TIMEOUT
+    )
+    assert binary.close_code == 1008
