@@ -26,7 +26,9 @@ def test_normalize_turns_spelled_number_into_one_int(n: int) -> None:
     assert normalize_numbers(f"about {number_to_words(n)} things") == ["about", n, "things"]
 
 
-@pytest.mark.parametrize("words", [["seven", "thirty"], ["four", "four"], ["thirty", "twelve"], ["and", "one"], ["hundred"]])
+@pytest.mark.parametrize(
+    "words", [["seven", "thirty"], ["four", "four"], ["thirty", "twelve"], ["and", "one"], ["hundred"]]
+)
 def test_invalid_cardinals(words: list[str]) -> None:
     assert words_to_number(words) is None
 

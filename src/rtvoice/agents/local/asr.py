@@ -25,7 +25,8 @@ from rtvoice.agents.local.dsp import resample
 from rtvoice.agents.local.numbers import number_to_words
 
 ASR_RATE = 16000
-#: Language-model weight and word insertion penalty, tuned on the committed fixtures (see scripts/make_fixtures.py).
+#: Language-model weight and word insertion penalty, tuned on the committed fixtures (see
+# scripts/make_fixtures.py).
 LM_WEIGHT = 7.0
 WORD_PENALTY = 0.65
 
@@ -95,7 +96,8 @@ def build_model(corpus: list[str], cache_dir: Path | None = None) -> AsrModel:
 
     corpus = list(corpus) + slot_phrases()
     digest = hashlib.sha256(("v2\n" + "\n".join(corpus)).encode()).hexdigest()[:16]
-    roots = [cache_dir] if cache_dir is not None else [_cache_root(), Path(tempfile.gettempdir()) / "rtvoice-lm"]
+    fallback = Path(tempfile.gettempdir()) / "rtvoice-lm"
+    roots = [cache_dir] if cache_dir is not None else [_cache_root(), fallback]
     cmudict = _read_cmudict(model_dir() / "cmudict-en-us.dict")
     known = set(cmudict)
     sentences = sorted({s for line in corpus if (s := _normalise_line(line, known))})
@@ -113,7 +115,8 @@ def build_model(corpus: list[str], cache_dir: Path | None = None) -> AsrModel:
             tmp_lm = folder / f"domain.lm.{os.getpid()}.tmp"
             lm.write_file(str(tmp_lm))
             tmp_dict = folder / f"domain.dict.{os.getpid()}.tmp"
-            tmp_dict.write_text("\n".join(line for w in vocab for line in cmudict[w]) + "\n", encoding="utf-8")
+            entries = [line for w in vocab for line in cmudict[w]]
+            tmp_dict.write_text("\n".join(entries) + "\n", encoding="utf-8")
             # rename last, so a concurrent reader never sees half a file
             os.replace(tmp_dict, dict_path)
             os.replace(tmp_lm, lm_path)

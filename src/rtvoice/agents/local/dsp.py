@@ -5,7 +5,8 @@ and a group delay. Here whole utterances are converted at once in a worker proce
 (a dependency of the ``local`` extra) does it in one call: no delay to trim, word timings stay aligned.
 
 Its sharp anti-aliasing edge matters: the recogniser needs the 3-4 kHz band of a phone call, and a first
-numpy windowed-sinc version with a soft 3.7 kHz cutoff cost it about 10 points of word accuracy on the fixtures.
+numpy windowed-sinc version with a soft 3.7 kHz cutoff cost it about 10 points of word accuracy on the
+fixtures.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Numbers, times and party sizes in what callers say (or what a recogniser wrote down).
 
 Callers say "seven thirty", a recogniser may write "730" or "7:30", a typed test says "half past seven": all
-of them are :class:`ClockTime(7, 30)`. "a party of four", "for 4 people" and "four of us" are a party size of 4.
+of them are :class:`ClockTime(7, 30)`. "a party of four", "for 4 people" and "four of us" are a party size
+of 4.
 Pure functions on text, no I/O.
 """
 
@@ -16,7 +17,8 @@ _UNITS = {
     "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
 }  # fmt: skip
 _TENS = {
-    "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90,
+    "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+    "ninety": 90,
 }  # fmt: skip
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
 _ORDINALS = {

@@ -1,11 +1,14 @@
 """Offline speech synthesis with espeak-ng, driven in-process through ctypes.
 
 espeak-ng comes from the ``espeakng-loader`` wheel (the shared library and its data, no system package,
-nothing downloaded). It is GPL-3: this module is imported only by :mod:`rtvoice.agents.local` and the fixture script,
+nothing downloaded). It is GPL-3: this module is imported only by :mod:`rtvoice.agents.local` and the
+fixture script,
 never by the core, and the dependency lives in the optional ``local`` extra.
 
-espeak-ng keeps global state, so one process holds one engine; :func:`synthesize` serialises calls with a lock.
-The local agent runs it in its worker processes (see :mod:`rtvoice.agents.local.pool`), never on the event loop.
+espeak-ng keeps global state, so one process holds one engine; :func:`synthesize` serialises calls with a
+lock.
+The local agent runs it in its worker processes (see :mod:`rtvoice.agents.local.pool`), never on the event
+loop.
 Output is 22050 Hz int16, converted here to what a phone call carries: μ-law at 8 kHz.
 """
 
@@ -45,7 +48,9 @@ class _Event(ctypes.Structure):
     )
 
 
-_Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_Callback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +98,7 @@ class EspeakError(RuntimeError):
 
 
 class _Engine:
-    """The process's espeak-ng instance (synchronous mode: espeak_Synth returns when all audio was delivered)."""
+    """The process's espeak-ng instance (synchronous mode: espeak_Synth returns once all audio is out)."""
 
     def __init__(self) -> None:
         import espeakng_loader
@@ -133,7 +138,9 @@ class _Engine:
         self._voice: Voice | None = None
         self.lock = threading.Lock()
 
-    def _on_audio(self, wav: ctypes._Pointer[ctypes.c_short], count: int, events: ctypes._Pointer[_Event]) -> int:
+    def _on_audio(
+        self, wav: ctypes._Pointer[ctypes.c_short], count: int, events: ctypes._Pointer[_Event]
+    ) -> int:
         if count > 0:
             self._chunks.append(ctypes.string_at(wav, count * 2))
         i = 0
@@ -193,7 +200,9 @@ def synthesize(text: str, voice: Voice = BOT_VOICE) -> Speech:
     pcm8 = resample(samples, ESPEAK_RATE, 8000)
     # espeak reports 1-based character positions of the input.
     words = tuple(
-        WordTiming(max(0, pos - 1), min(len(text), pos - 1 + length), ms) for pos, length, ms in events if pos > 0
+        WordTiming(max(0, pos - 1), min(len(text), pos - 1 + length), ms)
+        for pos, length, ms in events
+        if pos > 0
     )
     return Speech(text=text, ulaw=bytes(ulaw_encode(pcm8.tobytes())), words=words)
 
