@@ -23,6 +23,23 @@ Twilio's media timestamps. ``speed`` runs that clock faster than real time (``sp
 2 ms of wall time) to keep tests quick.
 
 Calls share nothing: many can run concurrently in one event loop (each is its own set of tasks).
+
+Example (inside a test, against a server on port 5050 whose TWILIO_AUTH_TOKEN is ``tok``)::
+
+    sim = SimulatedTwilio("http://127.0.0.1:5050", auth_token="tok", speed=10)
+    script = (CallScript()
+              .say("question.wav", at_ms=500)                      # any WAV, int16 array or μ-law bytes
+              .say(interruption_ulaw, after_bot_audio_ms=800)      # barge in 800 ms into the answer
+              .hangup(after_bot_silence_ms=1500))
+    call = sim.start_call(script)
+    clear = await call.wait_clear()                                # ClearEvent(at_ms, discarded_ms, marks)
+    result = await call.wait_done()
+    result.heard_until(clear.at_ms)                                # what the caller had heard by then
+    print(result.format_summary()); result.write_wav("heard.wav")
+
+Faults for negative tests: ``start_call(..., faults=Faults(webhook_signature="forged",
+media_before_start=True,
+parameters={"token": old_token}, inject=[(100, b"binary")]))``.
 """
 
 from __future__ import annotations

@@ -174,7 +174,35 @@ def _stream_sid(msg: Mapping[str, Any]) -> str:
     return sid
 
 
+def _is_counter(value: object) -> bool:
+    return type(value) is str and 0 < len(value) <= _MAX_DIGITS and value.isascii() and value.isdigit()
+
+
 def _parse_media(msg: Mapping[str, Any]) -> Media:
+    # The per-frame hot path: one pass of inline checks for the well-formed case; anything odd falls through
+    # to the field-by-field checks below, which say exactly what is wrong.
+    media = msg.get("media")
+    if type(media) is dict:
+        sid = msg.get("streamSid")
+        seq = msg.get("sequenceNumber")
+        chunk = media.get("chunk")
+        stamp = media.get("timestamp")
+        track = media.get("track")
+        payload = media.get("payload")
+        if (
+            type(sid) is str
+            and sid
+            and type(track) is str
+            and type(payload) is str
+            and _is_counter(seq)
+            and _is_counter(chunk)
+            and _is_counter(stamp)
+        ):
+            try:
+                audio = binascii.a2b_base64(payload, strict_mode=True) if payload else b""
+            except (binascii.Error, ValueError) as exc:
+                raise ProtocolViolation("bad_base64", f"media.payload: {exc}") from None
+            return Media(sid, int(seq), track, int(chunk), int(stamp), audio)  # type: ignore[arg-type]
     media = _obj(msg, "media")
     payload = media.get("payload")
     if not isinstance(payload, str):
@@ -265,7 +293,7 @@ def parse(text: str | bytes) -> Event:
     returns :class:`Unknown` so the caller can log it and carry on.
     """
     try:
-        if isinstance(text, bytes | bytearray | memoryview):
+        if not isinstance(text, str):
             text = bytes(text).decode("utf-8")
         msg = json.loads(text)
     except (ValueError, RecursionError, TypeError) as exc:
