@@ -160,3 +160,30 @@ def test_locate_handles_quoted_tables() -> None:
     assert locate(src, ("profiles", "sales"), "voice") == 5
     assert locate(src, ("profiles", "sales"), "missing") == 4
     assert locate(src, ("nope",), "voice") is None
+
+
+def test_settings_for_call() -> None:
+    from rtvoice.profiles import settings_for_call
+
+    profiles = parse_profiles(GOOD, environ={})
+    now = dt.datetime(2026, 12, 2, 8, 30, tzinfo=dt.UTC)
+    # Inbound on the sales number.
+    s, p = settings_for_call(Settings(), profiles, to_number="+15550002000", from_number="+15557654321")
+    assert p is not None and p.name == "sales" and s.instructions == "Sell."
+    # Outbound from the sales number, placed with ?profile=front-desk&agent=echo: the request wins, and
+    # {caller} is the remote party.
+    s, p = settings_for_call(
+        Settings(), profiles, call_sid="CA" + "7" * 32, from_number="+15550002000", to_number="+15557654321",
+        direction="outbound-api", requested_profile="front-desk", agent="echo", now=now,
+    )
+    assert p is not None and p.name == "front-desk" and s.agent == "echo"
+    assert s.greeting == "Hello +15557654321!" and s.openai_voice == "cedar"
+    s, _ = settings_for_call(Settings(), profiles, to_number="+15550002000", prompt="Just say hi.")
+    assert s.instructions == "Just say hi."
+    # No profiles file: settings pass through; asking for a profile is an error.
+    base = Settings(instructions="base")
+    assert settings_for_call(base, None, to_number="+15550002000") == (base, None)
+    with pytest.raises(KeyError):
+        settings_for_call(base, None, requested_profile="sales")
+    with pytest.raises(ValueError, match="agent"):
+        settings_for_call(base, profiles, agent="gpt-9")

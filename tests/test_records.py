@@ -268,6 +268,24 @@ async def test_recorder_limit_reason(tmp_path: Path) -> None:
         assert r.limit_reason() == "call_minutes"
 
 
+async def test_on_limit_fires_once_and_is_recorded(tmp_path: Path) -> None:
+    hits: list[str] = []
+    with CallRecords(tmp_path / "r.sqlite3") as rec:
+        r = CallRecorder(rec, limits=UsageLimits(call_tokens=1000), on_limit=hits.append)
+        r.call_started(_info())
+        r.usage("openai", output_audio_tokens=600)
+        assert hits == []
+        r.usage("openai", output_audio_tokens=600)
+        r.turn("bot", "goodbye", 0, 100)
+        r.usage("openai", output_audio_tokens=600)
+        assert hits == ["call_tokens"] and r.limit_hit == "call_tokens"
+        r.call_ended("usage_limit")
+        await rec.flush()
+        got = rec.get(SID)
+    assert got is not None and got["outcome"] == "usage_limit"
+    assert [(f["kind"], f["message"]) for f in got["faults"]] == [("usage_limit", "call_tokens")]
+
+
 def test_leg_recorder_writes_valid_mulaw_wav(tmp_path: Path) -> None:
     legs = LegRecorder(tmp_path, SID)
     caller = bytes(range(256)) * 100

@@ -214,6 +214,50 @@ def select_profile(profiles: Profiles | None, to_number: str) -> Profile | None:
     return profiles.select(to_number) if profiles is not None else None
 
 
+def settings_for_call(
+    settings: Settings,
+    profiles: Profiles | None,
+    *,
+    call_sid: str = "",
+    from_number: str = "",
+    to_number: str = "",
+    direction: str = "inbound",
+    requested_profile: str | None = None,
+    agent: str | None = None,
+    prompt: str | None = None,
+    now: dt.datetime | None = None,
+) -> tuple[Settings, Profile | None]:
+    """The settings one call runs with, and its profile: the one seam the call registry needs.
+
+    The profile is chosen by :meth:`Profiles.select_for_call` (an outbound call's ``?profile=`` first, else
+    our own number, else the default) and applied with the call's data (``{caller}`` is the remote party on
+    both inbound and outbound calls); then the outbound call's ``?agent=`` and ``?prompt=`` override it.
+    Raises ``KeyError`` for an unknown requested profile and ``ValueError`` for an unknown agent mode.
+    """
+    profile = (
+        profiles.select_for_call(to_number, from_number, direction, requested_profile)
+        if profiles is not None
+        else None
+    )
+    if profile is None and requested_profile:
+        raise KeyError(f"unknown profile {requested_profile!r}: no profiles file is configured")
+    outbound = direction.startswith("outbound")
+    caller, callee = (to_number, from_number) if outbound else (from_number, to_number)
+    out = (
+        profile.apply(settings, caller=caller, callee=callee, call_sid=call_sid, now=now)
+        if profile is not None
+        else settings
+    )
+    changes: dict[str, Any] = {}
+    if agent:
+        if agent not in AGENT_MODES:
+            raise ValueError(f"unknown agent mode {agent!r}")
+        changes["agent"] = agent
+    if prompt:
+        changes["instructions"] = prompt
+    return (replace(out, **changes) if changes else out), profile
+
+
 # --- loading and validation ---------------------------------------------------------------------------------
 
 

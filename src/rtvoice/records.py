@@ -705,6 +705,10 @@ class CallRecorder:
     tokens: float = 0.0
     usage_totals: dict[str, dict[str, float]] = field(default_factory=dict)
     legs: LegRecorder | None = None
+    #: Called once, with the reason, when a usage limit is first reached (checked on every usage, turn and
+    #: latency event: no timer per call). The call wires it to a polite goodbye and hang-up.
+    on_limit: Callable[[str], None] | None = None
+    limit_hit: str | None = None
 
     def call_started(self, info: _CallInfoLike) -> None:
         """The Media Stream started (``info`` is the call's :class:`rtvoice.agents.base.CallInfo`)."""
@@ -750,6 +754,7 @@ class CallRecorder:
         self.records.add_turn(
             self.call_sid, role, text, start_ms, end_ms, full_text=full_text, interrupted=interrupted
         )
+        self._check_limits()
 
     def barge_in(self, heard: _HeardLike | None, reaction_ms: float, at_ms: int | None = None) -> None:
         """The caller interrupted; ``heard`` is how much of which item they heard (None: nothing was cut)."""
@@ -771,6 +776,7 @@ class CallRecorder:
         if (heard := turn.to_heard_ms) is not None:
             self.records.add_latency(self.call_sid, "eos_to_first_audio_heard", heard, turn.caller_end_ms)
             m.labels(stage="heard").observe(heard / 1000.0)
+        self._check_limits()
 
     def usage(self, vendor: str, **counts: float) -> None:
         """Vendor usage increments, e.g. ``usage("openai", **openai_usage_counts(u))`` or
@@ -784,6 +790,7 @@ class CallRecorder:
             if metric in TOKEN_METRICS:
                 self.tokens += amount
         self.records.add_usage(self.call_sid, vendor, counts)
+        self._check_limits()
 
     def fault(self, kind: str, message: str, *, vendor: str = "", fatal: bool = False) -> None:
         _metrics().vendor_errors.labels(vendor=vendor or self.agent or "unknown", kind=kind).inc()
@@ -821,6 +828,16 @@ class CallRecorder:
         if self.started_at is None:
             return 0.0
         return max(0.0, (self.clock() - self.started_at) / 60.0)
+
+    def _check_limits(self) -> None:
+        if self.limit_hit is not None or self.ended or not self.limits.enabled:
+            return
+        reason = self.limit_reason()
+        if reason is not None:
+            self.limit_hit = reason
+            self.records.add_fault(self.call_sid, "usage_limit", reason, vendor="rtvoice")
+            if self.on_limit is not None:
+                self.on_limit(reason)
 
     def limit_reason(self) -> str | None:
         """Which usage limit this call has reached (``call_minutes``, ``day_tokens`` ...), or None."""
