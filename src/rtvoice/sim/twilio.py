@@ -9,18 +9,16 @@ One :class:`SimulatedCall` does what Twilio does for one call:
 4. sends ``connected``, ``start`` (the Parameters as ``customParameters``) and one 20 ms ``media`` frame every
    20 ms of stream time (counters as strings, exactly Twilio's shape): the caller's audio, silence otherwise;
 5. plays the bot's ``media`` in real time through an emulated playout buffer (:class:`PlayoutEmulator`),
-echoes
-   each ``mark`` once the audio queued before it has played, and on ``clear`` drops the unplayed audio and
-   returns every pending mark at once;
+   echoes each ``mark`` once the audio queued before it has played, and on ``clear`` drops the unplayed
+   audio and returns every pending mark at once;
 6. sends DTMF and, on hang-up, ``stop``, then closes the socket.
 
 It records what the caller *heard* as a μ-law timeline aligned with what the caller *sent* (byte ``8 * t`` of
 either is stream time ``t`` ms), checks every message rtvoice sends against Twilio's rules (only ``media``,
 ``mark``, ``clear`` with exactly the documented keys, never binary, never before ``start``, right
 ``streamSid``), and reports a timing summary. All times are stream time: ms since ``start`` was sent, the
-clock of
-Twilio's media timestamps. ``speed`` runs that clock faster than real time (``speed=10`` sends a frame every
-2 ms of wall time) to keep tests quick.
+clock of Twilio's media timestamps. ``speed`` runs that clock faster than real time (``speed=10`` sends a
+frame every 2 ms of wall time) to keep tests quick.
 
 Calls share nothing: many can run concurrently in one event loop (each is its own set of tasks).
 
@@ -38,8 +36,7 @@ Example (inside a test, against a server on port 5050 whose TWILIO_AUTH_TOKEN is
     print(result.format_summary()); result.write_wav("heard.wav")
 
 Faults for negative tests: ``start_call(..., faults=Faults(webhook_signature="forged",
-media_before_start=True,
-parameters={"token": old_token}, inject=[(100, b"binary")]))``.
+media_before_start=True, parameters={"token": old_token}, inject=[(100, b"binary")]))``.
 """
 
 from __future__ import annotations
