@@ -281,3 +281,17 @@ async def test_shutdown_finishes_early_when_calls_end_during_the_drain() -> None
         await ws.close()
         await asyncio.wait_for(shutdown, TIMEOUT)  # well before the 60 s drain timeout
         assert handlers[0].closes == [(1000, "")]
+
+
+# The per-module loop policy override is deprecated in pytest-asyncio 1.x (a conftest hook replaces it); the
+# shared conftest belongs to everyone, so this module keeps the override (it still works), hiding the notice.
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture")
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Every test in this module runs on plain asyncio and on uvloop (what ``serve`` uses)."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
+    return asyncio.DefaultEventLoopPolicy()

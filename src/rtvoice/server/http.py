@@ -29,6 +29,7 @@ import socket
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Protocol as TypingProtocol
+from typing import cast
 
 import h11
 
@@ -113,8 +114,9 @@ class HttpConnection(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but implement the same interface.
+        self._transport = cast(asyncio.Transport, transport)
+        transport = self._transport
         state = self._state
         state.connections.add(self)
         metrics.CONNECTIONS.inc()
