@@ -268,7 +268,8 @@ def test_barge_in_keeps_heard_text_only() -> None:
                      "item": {"type": "message", "role": "assistant",
                               "content": [{"type": "output_text", "text": "We open at nine."}]}}  # fmt: skip
     assert not any(e["type"] == "conversation.item.truncate" for e in oa)
-    assert drain(agent.tts.outbox) == [{"context_id": "ctx-1", "close_context": True}]
+    # all audio had been generated (the context completed and was closed): only the caller's playback was cut
+    assert drain(agent.tts.outbox) == []
     assert ("bot_audio_done", "ctx-1") in sink.calls
     from openai.types.realtime import ConversationItemCreateEvent, ConversationItemDeleteEvent
 
@@ -300,3 +301,19 @@ def test_barge_in_before_any_audio_deletes_the_unheard_reply() -> None:
     oa = drain(agent.core.outbox)
     assert [e["type"] for e in oa] == ["response.cancel", "conversation.item.delete"]
     assert drain(agent.tts.outbox)[-1] == {"context_id": "ctx-1", "close_context": True}
+
+
+def test_tts_turn_completes_by_alignment_and_closes_its_context() -> None:
+    core, sink, _ = tts()
+    ctx = core.start_turn("item_1")
+    core.text(ctx, "Hi there.", 0.0)
+    core.finish(ctx, 0.0)
+    drain(core.outbox)
+    core.feed(tts_audio("ctx-1", "Hi "), 0.1)
+    assert sink.of("bot_audio_done") == []
+    core.feed(tts_audio("ctx-1", "there. "), 0.2)
+    assert sink.of("bot_audio_done") == [("bot_audio_done", "ctx-1")]
+    assert drain(core.outbox) == [{"context_id": "ctx-1", "close_context": True}]
+    assert core.contexts == {}
+    core.feed({"isFinal": True, "contextId": "ctx-1"}, 0.3)  # the server's answer to the close: nothing more
+    assert len(sink.of("bot_audio_done")) == 1

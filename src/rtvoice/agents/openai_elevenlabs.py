@@ -137,8 +137,11 @@ class TtsContext:
     chunker: WordChunker = field(default_factory=WordChunker)
     alignment: Alignment = field(default_factory=Alignment)
     text_sent: str = ""
+    sent_chars: int = 0  # non-space characters sent
+    aligned_chars: int = 0  # non-space characters whose audio arrived (by alignment)
     flushed: bool = False
-    final: bool = False
+    server_final: bool = False  # ElevenLabs sent isFinal for the context
+    audio_done: bool = False  # bot_audio_done was emitted
     closed: bool = False
     audio_ms: float = 0.0
     delivered: bool = False
@@ -201,6 +204,7 @@ class TtsCore:
 
     def _send_text(self, ctx: TtsContext, chunk: str, now: float) -> None:
         ctx.text_sent += chunk
+        ctx.sent_chars += sum(1 for c in chunk if not c.isspace())
         self.characters += len(chunk)
         if ctx.waiting_since is None and not ctx.delivered:
             ctx.waiting_since = now
@@ -215,6 +219,22 @@ class TtsCore:
             self._send_text(ctx, tail, now)
         ctx.flushed = True
         self._send({"text": "", "context_id": ctx.ctx_id, "flush": True})
+        self._maybe_done(ctx)
+
+    def _maybe_done(self, ctx: TtsContext) -> None:
+        """After the flush, audio whose alignment covers every character sent completes the turn.
+
+        ElevenLabs sends ``isFinal`` for a context only when it is closed, so completion is read from the
+        alignment; the finished context is then closed at once, which keeps the socket far below 5 contexts.
+        """
+        if ctx.flushed and ctx.delivered and not ctx.closed and ctx.aligned_chars >= ctx.sent_chars:
+            self._audio_done(ctx)
+            self.close(ctx)
+
+    def _audio_done(self, ctx: TtsContext) -> None:
+        if ctx.delivered and not ctx.audio_done and self.sink is not None:
+            self.sink.bot_audio_done(ctx.ctx_id)
+        ctx.audio_done = True
 
     def close(self, ctx: TtsContext) -> None:
         """Close (stop and discard) a context; its audio ends here for the call."""
@@ -223,10 +243,9 @@ class TtsCore:
         ctx.closed = True
         ctx.waiting_since = None
         self.contexts.pop(ctx.ctx_id, None)
-        if not ctx.final:
+        if not ctx.server_final:
             self._send({"context_id": ctx.ctx_id, "close_context": True})
-        if ctx.delivered and not ctx.final and self.sink is not None:
-            self.sink.bot_audio_done(ctx.ctx_id)
+        self._audio_done(ctx)
 
     def feed(self, msg: dict[str, Any], now: float) -> None:
         """One server message."""
@@ -240,7 +259,10 @@ class TtsCore:
         if audio and ctx is not None and not ctx.closed:
             data = b64decode(str(audio))
             chunk_ms = ctx.out.source_ms(len(data))
-            ctx.alignment.add_chunk(msg.get("alignment") or msg.get("normalizedAlignment"), chunk_ms)
+            alignment = msg.get("alignment") or msg.get("normalizedAlignment")
+            before = len(ctx.alignment.chars)
+            ctx.alignment.add_chunk(alignment, chunk_ms)
+            ctx.aligned_chars += sum(1 for c in ctx.alignment.chars[before:] if not c.isspace())
             ctx.audio_ms += chunk_ms
             ulaw = ctx.out.convert(data)
             if ulaw and self.sink is not None:
@@ -250,12 +272,10 @@ class TtsCore:
                 ctx.delivered = True
                 ctx.waiting_since = None
                 self.sink.bot_audio(ctx.ctx_id, ulaw)
-        if msg.get("isFinal") and ctx is not None and not ctx.final:
-            ctx.final = True
-            ctx.waiting_since = None
-            if ctx.delivered and not ctx.closed and self.sink is not None:
-                self.sink.bot_audio_done(ctx.ctx_id)
-            self.contexts.pop(ctx.ctx_id, None)
+            self._maybe_done(ctx)
+        if msg.get("isFinal") and ctx is not None and not ctx.server_final:
+            ctx.server_final = True
+            self.close(ctx)
 
     def check_stall(self, now: float) -> bool:
         """True (and a fatal fault) when text was sent but no audio came back within the timeout."""
@@ -269,7 +289,7 @@ class TtsCore:
     def dropped(self) -> None:
         """The socket closed: every open context is gone."""
         for ctx in list(self.contexts.values()):
-            ctx.final = True  # nothing to close on the server any more
+            ctx.server_final = True  # nothing to close on the server any more
             self.close(ctx)
         self.outbox.clear()
 
@@ -374,7 +394,7 @@ class OpenAIElevenLabsAgent(Agent):
                 if self._closing or ws is not self._ws:
                     return
                 self._ws = None
-                busy = any(not c.flushed or c.waiting_since is not None for c in self.tts.contexts.values())
+                busy = bool(self.tts.contexts)  # open contexts still owe audio (finished ones are closed)
                 self.tts.dropped()
                 rcvd = exc.rcvd
                 if busy:
@@ -433,7 +453,7 @@ class OpenAIElevenLabsAgent(Agent):
         self.core.barge_in(None)  # cancel only: text items have no audio to truncate
         for ctx in list(self.tts.all.values()):
             is_heard = heard is not None and heard.item_id == ctx.ctx_id
-            cut = not ctx.closed and not (ctx.final and ctx.flushed)
+            cut = not ctx.closed  # closed contexts finished playing out or were cut before
             if not (cut or is_heard):
                 continue
             self.tts.close(ctx)
