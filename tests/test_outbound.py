@@ -16,7 +16,7 @@ from xml.etree import ElementTree
 import aiohttp
 import pytest
 
-from rtvoice.config import Settings
+from rtvoice.config import ConfigError, Settings
 from rtvoice.server.api import App
 from rtvoice.server.http import RunningServer, start_server
 from rtvoice.sim.twilio_rest import TwilioRestSim
@@ -255,3 +255,21 @@ async def test_call_cli_places_a_call(rig: Rig) -> None:
     )
     out, err = await asyncio.wait_for(bad.communicate(), TIMEOUT * 2)
     assert bad.returncode == 2 and "E.164" in out.decode()
+
+
+async def test_post_calls_checks_profile_names(tmp_path: Path) -> None:
+    f = tmp_path / "profiles.toml"
+    f.write_text('[profiles.sales]\ninstructions = "Sell."\n')
+    sim, server, settings, statuses = await _rig(profiles_path=str(f))
+    rig = Rig(sim, server, settings, statuses)
+    try:
+        status, body, _ = await _post_calls(rig, b'{"to": "+15557654321", "profile": "support"}')
+        assert status == 400 and body["error"] == "unknown profile 'support'"
+        status, body, _ = await _post_calls(rig, b'{"to": "+15557654321", "profile": "sales"}')
+        assert status == 201
+    finally:
+        await sim.close()
+        await server.shutdown(0.0)
+    f.write_text('[profiles.sales]\nagent = "nope"\n')
+    with pytest.raises(ConfigError, match=r"profiles\.toml:2: profiles\.sales\.agent"):
+        outbound.register(App(), Settings(profiles_path=str(f)))

@@ -253,6 +253,10 @@ class CallsEndpoint:
 def register(app: App, settings: Settings, registry: Any = None) -> None:
     """Add ``POST /calls`` to ``app``."""
     profiles = getattr(registry, "profiles", None)
+    if profiles is None and settings.profiles_path:
+        from rtvoice.profiles import load_from_settings
+
+        profiles = load_from_settings(settings)  # validated now: a bad file stops startup with file:line
     endpoint = CallsEndpoint(settings, registry, profiles=profiles)
     if not settings.api_token:
         log.info("POST /calls is disabled (set RTVOICE_API_TOKEN to enable outbound calls over HTTP)")
