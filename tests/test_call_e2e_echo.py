@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from call_fakes import voiced
+from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.echo import EchoAgent
 from rtvoice.call.registry import CallRegistry
+from rtvoice.call.session import load_apology
 from rtvoice.config import Settings
 from rtvoice.routes import build_app
 from rtvoice.server.http import RunningServer, start_server
@@ -34,11 +37,12 @@ class Rig:
     server: RunningServer
     registry: CallRegistry
     twilio: SimulatedTwilio
-    agents: list[EchoAgent]
+    agents: list[Agent]
 
 
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
+@asynccontextmanager
+async def running(factory: Callable[[Settings], Agent] | None = None) -> AsyncIterator[Rig]:
+    """rtvoice's real app (routes, webhook, session) on loopback, and a simulated Twilio pointed at it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -51,14 +55,14 @@ async def rig() -> AsyncIterator[Rig]:
         vad_onset_frames=3,
         vad_hangover_frames=10,
     )
-    agents: list[EchoAgent] = []
+    agents: list[Agent] = []
 
-    def factory(s: Settings) -> EchoAgent:
-        agent = EchoAgent(s)
+    def make(s: Settings) -> Agent:
+        agent = factory(s) if factory is not None else EchoAgent(s)
         agents.append(agent)
         return agent
 
-    registry = CallRegistry(settings, agent_factory=factory)
+    registry = CallRegistry(settings, agent_factory=make)
     app = build_app(settings, registry)
     server = await start_server(app, settings, sock=sock)
     twilio = SimulatedTwilio(f"http://127.0.0.1:{port}", auth_token=TOKEN, speed=SPEED)
@@ -67,6 +71,12 @@ async def rig() -> AsyncIterator[Rig]:
     finally:
         await registry.shutdown()
         await asyncio.wait_for(server.shutdown(0.0), 20)
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with running() as r:
+        yield r
 
 
 def gliding_words(ms: int) -> bytes:
@@ -106,7 +116,7 @@ async def test_caller_hears_its_own_words_back(rig: Rig) -> None:
     # Marks were sent and echoed as played; none was lost.
     assert result.marks and all(m.echoed_ms is not None and m.played for m in result.marks)
     assert rig.registry.active_calls == 0
-    assert rig.agents and rig.agents[0].closed
+    assert rig.agents and isinstance(rig.agents[0], EchoAgent) and rig.agents[0].closed
 
 
 async def test_speaking_over_the_echo_clears_it_and_reports_what_was_heard(rig: Rig) -> None:
@@ -127,6 +137,7 @@ async def test_speaking_over_the_echo_clears_it_and_reports_what_was_heard(rig: 
     result = await call.aclose()
     assert result.violations == []
     agent = rig.agents[0]
+    assert isinstance(agent, EchoAgent)
     assert len(agent.barge_ins) == 1
     heard = agent.barge_ins[0]
     assert heard is not None and heard.item_id == "echo-1"
@@ -171,3 +182,37 @@ async def test_media_before_start_and_binary_frames_close_1008(rig: Rig) -> None
         CallScript(), faults=Faults(inject=[(200.0, b"\x00\x01")]), max_duration_ms=3000, timeout_s=TIMEOUT
     )
     assert binary.close_code == 1008
+
+
+class BrokenAgent(Agent):
+    """An agent whose vendor is unreachable: start() fails."""
+
+    name = "broken"
+
+    def __init__(self, settings: Settings) -> None:
+        self.closed = False
+
+    async def start(self, call: CallInfo, sink: AgentSink) -> None:
+        raise ConnectionRefusedError("vendor unreachable")
+
+    def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
+        raise AssertionError("a failed agent is never fed audio")
+
+    def barge_in(self, heard: Heard | None) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_agent_failure_plays_the_apology_then_ends_the_stream() -> None:
+    apology = load_apology()
+    async with running(BrokenAgent) as r:
+        result = await r.twilio.call(CallScript(), max_duration_ms=20_000, timeout_s=TIMEOUT)
+        assert result.violations == []
+        assert result.close_code == 1000
+        if apology:  # the local-agent engineer renders it; without it the stream just ends cleanly
+            assert result.bot_audio_bytes == len(apology)
+            assert bytes(result.heard).find(apology[: 160 * 5]) >= 0
+        assert r.agents[0].closed  # type: ignore[attr-defined]
+        assert r.registry.active_calls == 0

@@ -1,0 +1,103 @@
+"""PlaybackLedger: marks -> acknowledged position, interpolation bounded by what was sent, clear epochs."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtvoice.agents.base import Heard
+from rtvoice.call.ledger import PlaybackLedger
+
+
+def send(ledger: PlaybackLedger, item: str, offset_ms: int, ms: int, now: int) -> None:
+    ledger.sent(item, offset_ms * 8, ms * 8, now)
+
+
+def test_mark_names_are_short_and_unique() -> None:
+    ledger = PlaybackLedger(60)
+    names = []
+    for i in range(50):
+        send(ledger, "a", i * 20, 20, i * 20)
+        names.append(ledger.mark(i * 20))
+    assert len(set(names)) == 50
+    assert all(len(n) <= 4 for n in names)
+
+
+def test_mark_policy_first_chunk_interval_and_item_end() -> None:
+    ledger = PlaybackLedger(60)
+    assert not ledger.mark_due()
+    send(ledger, "a", 0, 20, 0)
+    assert ledger.mark_due()  # first audio of an item
+    ledger.mark(0)
+    send(ledger, "a", 20, 40, 0)
+    assert not ledger.mark_due()
+    send(ledger, "a", 60, 20, 0)
+    assert ledger.mark_due()  # 60 ms since the last mark
+    ledger.mark(0)
+    send(ledger, "a", 80, 10, 0)
+    assert ledger.mark_due(item_done=True)
+
+
+def test_interpolation_from_acked_marks_is_bounded_by_what_was_sent() -> None:
+    ledger = PlaybackLedger(60)
+    send(ledger, "a", 0, 200, 1000)
+    name = ledger.mark(1000)
+    assert ledger.played_pos(1000) == 0
+    assert ledger.played_pos(1100) == 100 * 8  # real time from the send
+    assert ledger.played_pos(5000) == 200 * 8  # never past what was sent
+    assert ledger.heard(1100) == Heard("a", 100)
+    assert ledger.queued_ms(1150) == 50
+    # Twilio says the 200 ms finished only at 1230 (network/buffering): the anchor moves.
+    ack = ledger.acked(name, 1230)
+    assert ack is not None and ack.mark.item_end_ms == 200
+    assert ledger.heard(1230) is None  # all played: nothing to cut
+
+
+def test_no_interpolation_through_a_gap_in_which_nothing_was_queued() -> None:
+    ledger = PlaybackLedger(60)
+    send(ledger, "a", 0, 100, 0)
+    ledger.acked(ledger.mark(0), 100)
+    send(ledger, "b", 0, 100, 3000)  # the next item starts 2.9 s later
+    assert ledger.played_pos(3000) == 100 * 8  # not 100 ms + 2.9 s
+    assert ledger.heard(3040) == Heard("b", 40)
+
+
+def test_item_boundaries_map_to_item_offsets() -> None:
+    ledger = PlaybackLedger(60)
+    send(ledger, "a", 0, 60, 0)
+    send(ledger, "b", 0, 100, 0)
+    assert ledger.heard(30) == Heard("a", 30)
+    assert ledger.heard(60) == Heard("b", 0)  # "a" fully played: "b" is the one being cut
+    assert ledger.heard(130) == Heard("b", 70)
+
+
+def test_marks_returned_by_a_clear_are_discarded_not_played() -> None:
+    ledger = PlaybackLedger(60)
+    send(ledger, "a", 0, 100, 0)
+    m1 = ledger.mark(0)
+    send(ledger, "a", 100, 100, 0)
+    m2 = ledger.mark(0)
+    assert ledger.acked(m1, 100) is not None
+    heard = ledger.clear(150)
+    assert heard == Heard("a", 150)
+    assert ledger.acked(m2, 151) is None  # came back because of the clear
+    assert ledger.marks_discarded == 1
+    assert ledger.played_pos(500) == ledger.sent_pos  # nothing counted as still queued
+    assert ledger.acked("m999", 600) is None and ledger.marks_unknown == 1
+    # A later item starts fresh after the clear.
+    send(ledger, "b", 0, 40, 700)
+    assert ledger.heard(720) == Heard("b", 20)
+
+
+def test_acking_a_later_mark_implies_the_earlier_ones() -> None:
+    ledger = PlaybackLedger(60)
+    send(ledger, "a", 0, 60, 0)
+    ledger.mark(0)
+    send(ledger, "a", 60, 60, 0)
+    m2 = ledger.mark(0)
+    ledger.acked(m2, 120)
+    assert ledger.pending_marks == 0
+
+
+def test_mark_interval_bounds() -> None:
+    with pytest.raises(ValueError):
+        PlaybackLedger(10)
