@@ -78,6 +78,11 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
 )
 
+# Every pattern above needs one of these words; most log lines have none and skip the patterns.
+_GATE = re.compile(
+    r"token|secret|key|signature|authorization|password|bearer|basic|sk[-_]|://", re.IGNORECASE
+)
+
 #: Secret values shorter than this are not redacted by value (they would shred ordinary words); the patterns
 #: above still catch them in key/value form.
 MIN_SECRET_LEN = 4
@@ -108,6 +113,8 @@ class Redactor:
         """``value`` with every known secret and credential-looking substring replaced by ``[REDACTED]``."""
         if self._values_re is not None:
             value = self._values_re.sub(REDACTED, value)
+        if not _GATE.search(value):
+            return value
         for pattern, repl in _TEXT_PATTERNS:
             value = pattern.sub(repl, value)
         return value
