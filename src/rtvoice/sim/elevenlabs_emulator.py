@@ -497,6 +497,8 @@ _OVERRIDE_FIELDS = {
     "conversation.text_only",
     "conversation.max_duration_seconds",
 }
+# Not security-gated: the SDK itself sends a top-level ``text_only`` when it has no audio interface (2.78).
+_UNGATED = {"text_only", "conversation.text_only"}
 _VAR = re.compile(r"{{\s*([A-Za-z0-9_]+)\s*}}")
 
 
@@ -706,6 +708,8 @@ class ConvaiSession:
             self.overrides = dict(raw.get("conversation_config_override") or {})
             allowed = self.emu.config.allowed_overrides
             for leaf in _leaves(self.overrides):
+                if leaf in _UNGATED:
+                    continue
                 if leaf not in _OVERRIDE_FIELDS or (allowed is not None and leaf not in allowed):
                     raise ProtocolViolation(f"Override for field '{leaf}' is not allowed by config.")
             await self._start()
@@ -781,7 +785,7 @@ class ConvaiSession:
     async def _say(self, text: str) -> None:
         self.agent_responses.append(text)
         await self.send({"type": "agent_response", "agent_response_event": {"agent_response": text}})
-        if (self.overrides.get("conversation") or {}).get("text_only"):
+        if self.overrides.get("text_only") or (self.overrides.get("conversation") or {}).get("text_only"):
             return
         if self._speak_task is not None and not self._speak_task.done():
             await self._speak_task
