@@ -983,3 +983,26 @@ def attach(registry: Any, settings: Any) -> CallRecords:
     registry.observer_factory = observer_factory(records, settings)
     return records
 
+
+
+def attach_lazily(registry: Any, settings: Any) -> None:
+    """Like :func:`attach`, but the database is opened when the first call starts (once per process, e.g.
+    per worker), so building an app that never serves a call touches no file. If the database cannot be
+    opened, calls go on unrecorded and the error is logged once."""
+    import atexit
+
+    state: dict[str, Any] = {"make": None, "failed": False}
+
+    def make() -> CallRecorder | None:
+        if state["make"] is None and not state["failed"]:
+            try:
+                records = CallRecords(settings.db_path)
+            except RecordsError as exc:
+                state["failed"] = True
+                log.error("calls will not be recorded: %s", exc)
+                return None
+            atexit.register(records.close)  # commit what is queued when the process exits
+            state["make"] = observer_factory(records, settings)
+        return state["make"]() if state["make"] is not None else None
+
+    registry.observer_factory = make

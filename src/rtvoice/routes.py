@@ -19,7 +19,12 @@ def build_app(settings: Settings, registry: CallRegistry | None = None) -> App:
     from rtvoice.server import observability
     from rtvoice.twilio import outbound, webhook
 
-    registry = registry if registry is not None else CallRegistry(settings)
+    if registry is None:
+        registry = CallRegistry(settings)
+        # Serving for real: every call leaves a record in settings.db_path (opened at the first call).
+        from rtvoice.records import attach_lazily
+
+        attach_lazily(registry, settings)
     app = App()
     observability.register(app, settings, registry)
     webhook.register(app, settings, registry)
