@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from rtvoice.server.api import Request, Response
 from rtvoice.server.limits import MAX_BODY_BYTES, ServerLimits
 from server_testutil import TIMEOUT, Recorder, at_eof, read_response, recorder_app, serving
 
@@ -234,3 +235,19 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
         uvloop = pytest.importorskip("uvloop")
         return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
     return asyncio.DefaultEventLoopPolicy()
+
+
+async def test_stuck_handler_is_answered_503_after_the_handler_timeout() -> None:
+    app = recorder_app([])
+
+    async def stuck(request: Request) -> Response:
+        await asyncio.sleep(3600)
+        return Response.text(200, "never")
+
+    app.route("GET", "/stuck", stuck)
+    async with serving(app, ServerLimits(handler_timeout_s=0.2)) as srv:
+        reader, writer = await _connect(srv.port)
+        writer.write(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\nGET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_response(reader))[0] == 503
+        assert (await read_response(reader))[0] == 200  # the pipelined request behind it is still served
+        writer.close()

@@ -246,7 +246,10 @@ async def test_peer_that_stops_reading_is_closed_1008_with_bounded_memory() -> N
         flooder = flooders[0]
         assert flooder.closes == [1008]
         assert flooder.sent > limit  # it really tried to send more than the bound
-        assert flooder.max_queued <= limit + 16384 + 16  # never more than the bound plus one frame
+        assert isinstance(flooder.ws, WebSocketConnection)
+        # Our queue never held more than the bound plus the frame that crossed it, and was freed on overflow.
+        assert 0 < flooder.ws.max_queued <= limit + 16384 + 16
+        assert flooder.ws.queued_bytes == 0
         sock.close()
 
 
