@@ -9,6 +9,8 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtvoice.config import Settings
 from rtvoice.logs import (
@@ -177,3 +179,37 @@ def test_redactor_short_values_not_shredded() -> None:
         "api_key": "",
         "nested": [{"password": REDACTED}],
     }
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_secret = st.text(
+    st.characters(min_codepoint=33, max_codepoint=0x2FF, blacklist_categories=("Cs",)), min_size=8, max_size=40  # noqa: E501
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=_text, secret=_secret, after=_text)
+def test_known_secret_never_survives(before: str, secret: str, after: str) -> None:
+    """A configured secret is redacted wherever it sits, whatever surrounds it, however it was logged."""
+    r = Redactor([secret])
+    assert secret not in r.text(before + secret + after)
+    assert secret not in str(r.value({"note": [before + secret + after]}))
+
+
+_token_value = st.text(
+    st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/=._-"), min_size=6, max_size=60  # noqa: E501
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.sampled_from(
+        ["token", "stream_token", "api_key", "xi-api-key", "X-Twilio-Signature", "Authorization", "secret", "password"]  # noqa: E501
+    ),
+    sep=st.sampled_from(["=", ": ", ":", " = ", '": "', "': '"]),
+    value=_token_value,
+    before=st.sampled_from(["", "got ", "headers {'", '{"']),
+)
+def test_credential_shaped_values_are_redacted(key: str, sep: str, value: str, before: str) -> None:
+    """Unknown credential values are caught by shape: ``key<sep>value`` for every secret-looking key."""
+    out = Redactor().text(f"{before}{key}{sep}{value} and more")
+    assert value not in out and REDACTED in out
