@@ -331,6 +331,8 @@ class TtsSession:
         if kind == "CloseSocket":
             for ctx in list(self.contexts.values()):
                 await self._generate(ctx, ctx.buffer, final=True)
+            for ctx in list(self.contexts.values()):  # "flush pending": their audio goes out before the close
+                await self._wait(ctx)
             await self.ws.close(1000)
             return
         cid = raw.get("context_id") if self.multi else None
@@ -417,9 +419,10 @@ class TtsSession:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         sent_ms = 0.0
-        for audio, chars, starts, durs in render_chunks(
-            text, self.output_format, cfg.ms_per_char, cfg.chunk_ms
-        ):
+        chunks = await asyncio.to_thread(
+            render_chunks, text, self.output_format, cfg.ms_per_char, cfg.chunk_ms
+        )
+        for audio, chars, starts, durs in chunks:
             drop = self.emu.faults.drop_after_audio_ms
             if drop is not None and self.audio_ms >= drop:
                 self.ws.transport.abort()
@@ -803,11 +806,12 @@ class ConvaiSession:
         if self.emu.faults.stall_first_audio:
             await asyncio.Event().wait()
         # The agent counts as speaking for the real-time duration of its audio from the first chunk: that is
-        # long the caller hears it, and the window in which the caller's speech is an interruption.
+        # how long the caller hears it, and the window in which the caller's speech is an interruption.
+        chunks = await asyncio.to_thread(render_chunks, text, self.out_fmt, cfg.ms_per_char, cfg.chunk_ms)
         self._speak_started = loop.time()
         self._speaking_until = self._speak_started + len(text) * cfg.ms_per_char / 1000.0
         sent_ms = 0.0
-        for audio, chars, starts, durs in render_chunks(text, self.out_fmt, cfg.ms_per_char, cfg.chunk_ms):
+        for audio, chars, starts, durs in chunks:
             drop = self.emu.faults.drop_after_audio_ms
             if drop is not None and sent_ms >= drop:
                 self.ws.transport.abort()

@@ -1176,7 +1176,9 @@ class RealtimeSession:
         if audio:
             self.audio_first_output = True
             rate = 24000 if resp.fmt == "pcm" else 8000
-            pcm = voice.render(text, rate, cfg.ms_per_char)
+            # Rendering a long reply takes tens of ms of numpy: keep it off the event loop (tests often run
+            # rtvoice and the emulator on the same loop, and a stall there would distort their timings).
+            pcm = await asyncio.to_thread(voice.render, text, rate, cfg.ms_per_char)
             data = encode_from_pcm(pcm, resp.fmt)
             bpm = bytes_per_ms(resp.fmt)
             chunk = max(1, cfg.chunk_ms) * bpm
