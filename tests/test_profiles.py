@@ -6,6 +6,8 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtvoice.config import ConfigError, Settings
 from rtvoice.profiles import ProfileError, load_profiles, locate, parse_profiles, select_profile
@@ -187,3 +189,26 @@ def test_settings_for_call() -> None:
         settings_for_call(base, None, requested_profile="sales")
     with pytest.raises(ValueError, match="agent"):
         settings_for_call(base, profiles, agent="gpt-9")
+
+_template = st.lists(
+    st.one_of(
+        st.sampled_from(["{", "}", "{caller}", "{time}", "{x}", "{0}", "{caller.real}", "!r", ":"]),
+        st.characters(blacklist_categories=("Cs",)),
+    ),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(template=_template)
+def test_accepted_templates_always_render(template: str) -> None:
+    """Whatever a template is, it is refused at load time or renders at call time: never a mid-call error."""
+    import json
+
+    doc = f"[profiles.p]\ngreeting = {json.dumps(template)}\n"
+    try:
+        profile = parse_profiles(doc, environ={}).get("p")
+    except ProfileError:
+        return
+    s = profile.apply(Settings(), caller="+15551234567", call_sid="CA" + "0" * 32)
+    assert isinstance(s.greeting, str)
