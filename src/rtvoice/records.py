@@ -959,8 +959,10 @@ def observer_factory(
     records: CallRecords, settings: Any, limits: UsageLimits | None = None
 ) -> Callable[[], CallRecorder]:
     """A factory making one :class:`CallRecorder` per Media Stream, for ``CallRegistry.observer_factory``
-    (``rtvoice.call.session`` calls it for each stream). Records both legs to WAV when
-    ``settings.record_audio_dir`` is set (the recorder's ``legs`` are then fed by the call)."""
+    (``rtvoice.call.session`` calls it for each stream). Usage limits come from ``settings.max_*``.
+
+    Audio recording (``settings.record_audio_dir``) is not switched on here: it needs the call to feed
+    ``recorder.legs`` with every inbound and outbound frame (see :meth:`CallRecorder.record_audio`)."""
     lim = limits if limits is not None else UsageLimits(
         call_minutes=settings.max_call_minutes,
         call_tokens=settings.max_call_tokens,
