@@ -70,6 +70,16 @@ class Recorder:
         if text == "bye":
             self.ws.close(4000, "bye")
             return
+        if text == "long bye":
+            self.ws.close(1008, "é" * 200)  # 400 bytes: more than a close frame can carry
+            return
+        if text == "pause":  # the app falls behind: stop reading from this peer for a while
+            pause = getattr(self.ws, "pause_reading")  # noqa: B009  (not part of the WebSocket protocol)
+            pause()
+            asyncio.get_running_loop().call_later(0.5, getattr(self.ws, "resume_reading"))  # noqa: B009
+        if text == "bad code":
+            self.ws.close(1005, "1005 must never be sent")
+            return
         self.ws.send_text(text)
 
     def on_binary(self, data: bytes) -> None:

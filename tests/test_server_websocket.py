@@ -189,6 +189,35 @@ async def test_server_initiated_close_and_close_handshake_timeout() -> None:
         writer.close()
 
 
+async def test_close_reasons_are_truncated_and_invalid_codes_become_1011() -> None:
+    async with serving(recorder_app([])) as srv:
+        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/ws") as ws:
+            await ws.send("long bye")
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+            assert info.value.rcvd.reason == "é" * 61  # 122 bytes: whole characters within 123
+        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/ws") as ws:
+            await ws.send("bad code")
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1011
+
+
+async def test_application_can_pause_and_resume_reading() -> None:
+    handlers: list[Recorder] = []
+    async with (
+        serving(recorder_app(handlers)) as srv,
+        websockets.connect(f"ws://127.0.0.1:{srv.port}/ws") as ws,
+    ):
+        await ws.send("pause")
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "pause"
+        await ws.send("after the pause")
+        await asyncio.sleep(0.1)
+        assert handlers[0].texts == ["pause"]  # not read while paused
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "after the pause"
+
+
 class Flooder:
     """Sends 16 KiB text messages from a timer (like a bot streaming audio) whether or not the peer reads."""
 

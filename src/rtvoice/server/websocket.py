@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from websockets.datastructures import Headers
+from websockets.exceptions import ProtocolError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
@@ -49,6 +50,9 @@ _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
 _OPEN = State.OPEN
+
+#: Longest close reason in bytes (RFC 6455: control frame payload <= 125 bytes, 2 of them the code).
+_MAX_CLOSE_REASON = 123
 
 # Reasons reading is paused; reading resumes when none is left.
 _PAUSED_BY_WRITE = 1
@@ -155,7 +159,15 @@ class WebSocketConnection(asyncio.Protocol):
         """Start the close handshake (idempotent); the peer has ``ws_close_timeout_s`` to answer."""
         if self._proto.state is not _OPEN:
             return
-        self._proto.send_close(code, reason)
+        raw = reason.encode()
+        if len(raw) > _MAX_CLOSE_REASON:  # a control frame carries at most 125 bytes: 2 of code + reason
+            reason = raw[:_MAX_CLOSE_REASON].decode("utf-8", "ignore")
+        try:
+            self._proto.send_close(code, reason)
+        except ProtocolError:  # a code the application may not send (1005, 1006, out of range, ...)
+            log.error("websocket %s: invalid close code %r from the application; closing 1011",
+                      self.request.path, code)
+            self._proto.send_close(1011, "")
         self._flush()
         self._arm_close_timer()
 
