@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtvoice.agents.base import Heard
 from rtvoice.call.ledger import PlaybackLedger
@@ -101,3 +103,25 @@ def test_acking_a_later_mark_implies_the_earlier_ones() -> None:
 def test_mark_interval_bounds() -> None:
     with pytest.raises(ValueError):
         PlaybackLedger(10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 80), st.integers(0, 60)), max_size=60))
+def test_resumed_walk_equals_a_walk_from_the_anchor(ops: list[tuple[int, int, int]]) -> None:
+    ledger = PlaybackLedger(60)
+    now = 0
+    offset = 0
+    names: list[str] = []
+    for kind, size, dt in ops:
+        now += dt
+        if kind == 0:
+            ledger.sent("x", offset, size * 8, now)
+            offset += size * 8
+        elif kind == 1 and ledger.mark_due():
+            names.append(ledger.mark(now))
+        elif kind == 2 and names:
+            ledger.acked(names.pop(0), now)
+        got = ledger.played_pos(now)
+        ledger._walk_now = -1  # forget the resumable state: walk from the anchor
+        assert got == ledger.played_pos(now)
+        assert 0 <= got <= ledger.sent_pos

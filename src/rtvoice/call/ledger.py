@@ -78,6 +78,12 @@ class PlaybackLedger:
         self._pending: dict[str, MarkInfo] = {}
         self._retired: dict[str, None] = {}  # insertion-ordered set
         self._seq = 0
+        # Resumable state of the played_pos() walk: (chunk index, position, clock) after the last chunk known
+        # to be fully played at time _walk_now; _walk_now = -1 means "start from the anchor".
+        self._walk_i = 0
+        self._walk_pos = 0
+        self._walk_clock = 0
+        self._walk_now = -1
         self._last_mark_pos = 0
         self._last_item: str | None = None
         self._item_marked: str | None = None  # the item whose first mark has been placed
@@ -99,12 +105,14 @@ class PlaybackLedger:
         self.sent_pos = start + nbytes
         self.last_send_t = now
         last = self._chunks[-1] if self._chunks else None
-        # Coalesce with the previous chunk when contiguous and sent in the same tick: fewer entries to walk.
+        # Coalesce with the previous chunk when contiguous and sent before the previous one can have finished
+        # playing: the walk in played_pos() then cannot find a gap between them, so merging loses nothing, and
+        # a paced item stays one entry however long it is (the walk is O(items), not O(chunks)).
         if (
             last is not None
             and last.item_id == item_id
             and last.end == start
-            and last.sent_at == now
+            and now * BYTES_PER_MS < last.sent_at * BYTES_PER_MS + (last.end - last.start)
             and last.item_offset + (last.end - last.start) == item_offset
         ):
             last.end = self.sent_pos
@@ -163,6 +171,7 @@ class PlaybackLedger:
             if key == name:
                 break
         self.marks_played += 1
+        self._walk_now = -1
         if info.position > self._anchor_pos:
             self._anchor_pos = info.position
             self._anchor_t = now
@@ -186,6 +195,7 @@ class PlaybackLedger:
         self._anchor_t = now
         self._last_mark_pos = self.sent_pos
         self._chunks.clear()
+        self._walk_now = -1
         self._item_marked = None
         self._last_item = None
         self.epoch += 1
@@ -197,24 +207,37 @@ class PlaybackLedger:
         """Estimated stream position (bytes) the caller has heard up to at ``now``.
 
         From the last echoed mark, audio plays at real-time rate, starting each chunk no earlier than it was
-        sent.
+        sent. The walk resumes from where the previous call left it (chunks already fully played stay so while
+        time moves forward), so a call whose marks stopped coming back does not pay for its whole history on
+        every frame.
         """
-        pos = self._anchor_pos
-        clock = self._anchor_t
-        for c in self._chunks:
+        chunks = self._chunks
+        if self._walk_now >= 0 and now >= self._walk_now:
+            i, pos, clock = self._walk_i, self._walk_pos, self._walk_clock
+        else:
+            i, pos, clock = 0, self._anchor_pos, self._anchor_t
+        n = len(chunks)
+        result = -1
+        while i < n:
+            c = chunks[i]
             if c.end <= pos:
+                i += 1
                 continue
             start_pos = c.start if c.start > pos else pos
             start_t = c.sent_at if c.sent_at > clock else clock
             if now <= start_t:
-                return start_pos
+                result = start_pos
+                break
             dur = c.end - start_pos
             played = (now - start_t) * BYTES_PER_MS
             if played < dur:
-                return start_pos + played
+                result = start_pos + played
+                break
             clock = start_t + dur // BYTES_PER_MS
             pos = c.end
-        return pos
+            i += 1
+        self._walk_i, self._walk_pos, self._walk_clock, self._walk_now = i, pos, clock, now
+        return pos if result < 0 else result
 
     def queued_ms(self, now: int) -> int:
         """Audio sent but (by the estimate) not yet played at ``now``, in ms."""
