@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import subprocess
 import sys
@@ -576,3 +577,43 @@ def test_emulate_cli_prints_base_urls() -> None:
         finally:
             proc.terminate()
             assert proc.wait(timeout=20) == 0
+
+
+# ------------------------------------------------------------------------------------------------ fuzz
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=10,
+)
+_keys = st.sampled_from(
+    [
+        "text",
+        "context_id",
+        "flush",
+        "close_context",
+        "close_socket",
+        "voice_settings",
+        "type",
+        "user_audio_chunk",
+        "event_id",
+        "dynamic_variables",
+        "x",
+    ]
+)
+
+
+_TTS = TtsValidator()
+
+
+@settings(max_examples=200, deadline=None)
+@given(msg=st.dictionaries(_keys, _json, max_size=4), multi=st.booleans(), first=st.booleans())
+def test_validators_never_crash(msg: dict[str, Any], multi: bool, first: bool) -> None:
+    text = json.dumps(msg)
+    with contextlib.suppress(ProtocolViolation):
+        _TTS.validate(text, multi, first)
+    with contextlib.suppress(ProtocolViolation):
+        validate_convai_message(text)

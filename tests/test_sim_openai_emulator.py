@@ -111,7 +111,9 @@ class Raw:
         return ev
 
     async def until(
-        self, etype: str, timeout: float = 5.0  # noqa: ASYNC109
+        self,
+        etype: str,
+        timeout: float = 5.0,  # noqa: ASYNC109
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         seen: list[dict[str, Any]] = []
         while True:
@@ -721,3 +723,59 @@ async def test_emulator_wait_helpers() -> None:
         assert ev["event_id"] == "w1"
         assert (await emu.wait_for_session()).index == 0
         assert emu.received == emu.sessions[0].received
+
+
+# ------------------------------------------------------------------------------------------------ fuzz
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+_types = st.sampled_from(
+    [
+        "session.update",
+        "input_audio_buffer.append",
+        "conversation.item.create",
+        "conversation.item.truncate",
+        "response.create",
+        "response.cancel",
+        "bogus",
+    ]
+)
+
+
+_VALIDATOR = EventValidator()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    etype=_types,
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "session",
+                "audio",
+                "item",
+                "item_id",
+                "content_index",
+                "audio_end_ms",
+                "response",
+                "event_id",
+                "x",
+            ]
+        ),
+        _json,
+        max_size=4,
+    ),
+)
+def test_validator_never_crashes(etype: str, body: dict[str, Any]) -> None:
+    try:
+        model, raw = _VALIDATOR.validate(json.dumps({"type": etype, **body}))
+    except ClientEventError as exc:
+        assert exc.message and (exc.code is None or isinstance(exc.code, str))
+    else:
+        assert raw["type"] == etype == model.type  # type: ignore[attr-defined]

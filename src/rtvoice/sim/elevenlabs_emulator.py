@@ -536,7 +536,7 @@ def validate_convai_message(text: str | bytes) -> JSON:
             raise ProtocolViolation("Invalid message received: user_audio_chunk is not base64.") from None
         return raw
     mtype = raw.get("type")
-    if mtype not in _CONVAI_CLIENT_KEYS:
+    if not isinstance(mtype, str) or mtype not in _CONVAI_CLIENT_KEYS:
         raise ProtocolViolation(f"Invalid message received: unknown type {mtype!r}.")
     unknown = set(raw) - _CONVAI_CLIENT_KEYS[mtype]
     if unknown:
