@@ -131,6 +131,30 @@ async def test_two_workers_share_the_port_and_aggregate_metrics(tmp_path: Path) 
             proc.kill()
 
 
+async def test_supervisor_restarts_a_crashed_worker(tmp_path: Path) -> None:
+    port = _free_port()
+    args = ["--port", str(port), "--workers", "2", "--app", ECHO_APP, "--drain-timeout", "1"]
+    proc, out = _start(args, tmp_path)
+    try:
+        first = _wait_for(out, r"(?s)worker (\d+) listening.*worker (\d+) listening", proc)
+        victim = int(first.group(1))
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(out, rf"worker {victim} exited with -9", proc)
+        _wait_for(out, r"(?s)(?:worker \d+ listening.*){3}", proc)  # a replacement came up
+        pids = set()
+        for _ in range(60):
+            status, _, body = await _get(port, "/healthz")
+            assert status == 200
+            pids.add(json.loads(body)["pid"])
+            if len(pids) == 2:
+                break
+        assert victim not in pids and len(pids) == 2
+        assert _stop(proc, out) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _real_routes_importable() -> bool:
     try:
         from rtvoice.call import session  # noqa: F401
