@@ -208,3 +208,22 @@ def test_group_delay_at_most_2_5_ms_and_as_reported(a: int, b: int) -> None:
     (s, c), *_ = np.linalg.lstsq(basis, y.astype(np.float64), rcond=None)
     measured_ms = -math.atan2(c, s) / (2 * np.pi * f) * 1000  # phase lag of the output tone
     assert measured_ms == pytest.approx(r.delay_ms, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [(8000, 24000), (8000, 16000), (24000, 8000), (16000, 8000), (22050, 8000)]
+)
+def test_fused_ulaw_paths_equal_the_two_step_chains(a: int, b: int) -> None:
+    from rtvoice.audio import ulaw_decode, ulaw_encode
+
+    x = np.random.default_rng(5).integers(-20000, 20000, a, dtype=np.int16)
+    codes = bytes(ulaw_encode(x))
+    r1, r2, r3, r4 = Resampler(a, b), Resampler(a, b), Resampler(a, b), Resampler(a, b)
+    step = a // 50
+    for i in range(0, a, step):
+        c = codes[i : i + step]
+        assert np.array_equal(r1.process_ulaw(c), r2.process(ulaw_decode(c)))
+        s = x[i : i + step]
+        out = bytearray(r3.output_size(len(s)))
+        assert r3.process_to_ulaw(s, out) is out
+        assert out == ulaw_encode(r4.process(s))

@@ -105,150 +105,146 @@ cdef extern from * nogil:
      * x is a float32 history buffer; output n of a rational L/M resampler has phase p = nM mod L and newest
      * input b = floor(nM/L): y[n] = sum_t c_p[t] * x[b - Kp + 1 + t] (coefficients reversed per phase and
      * zero-padded at the oldest end to a multiple of 8).  Every output is computed by the same sequence of
-     * IEEE operations whatever the chunking, so streaming == one-shot, bit for bit.  The kernels exist twice:
-     * a baseline build (SSE2 on x86-64) and an AVX2+FMA build chosen once at import on CPUs that have it,
-     * so the default wheel stays portable (no -march=native) yet uses FMA where available. */
+     * IEEE operations whatever the chunking, so streaming == one-shot, bit for bit.
+     * The kernels are written once (the RTV_KERNELS macro, over GCC/Clang vector extensions) and built twice:
+     * 4-lane vectors for the baseline target (SSE2 on x86-64, NEON on arm64) and 8-lane AVX2+FMA vectors,
+     * chosen once at import on CPUs that have them.  The default wheel stays portable (no -march=native) yet
+     * uses AVX2/FMA where available.  (The macro is one logical line: no line comments inside.) */
     #include <math.h>
+    typedef float rtv_v4 __attribute__((vector_size(16)));
+    typedef int32_t rtv_v4i __attribute__((vector_size(16)));
     typedef float rtv_v8 __attribute__((vector_size(32)));
+    typedef int32_t rtv_v8i __attribute__((vector_size(32)));
 
-    static inline __attribute__((always_inline)) int16_t rtv_to_i16(float v) {
+    static inline int16_t rtv_to_i16(float v) {
         v = v > 32767.0f ? 32767.0f : (v < -32768.0f ? -32768.0f : v);
         return (int16_t)lrintf(v);
     }
 
-    /* generic: one dot product per output (any L/M).  Each output accumulates 8-tap blocks alternately into
-     * two vector accumulators and sums them in a fixed order.  For integer decimation (L == 1) four outputs
-     * share each coefficient load; every output still sees exactly the same operations. */
-    #define RTV_HSUM(acc) (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])))
-    static inline __attribute__((always_inline)) void rtv_dot_body(
-            const float *coef, int Kp, int L, int M, const float *buf, long long T0,
-            long long n0, long long n1, uint8_t *out) {
-        long long n = n0;
-        if (L == 1) {
-            for (; n + 4 <= n1; n += 4) {
-                const float *x = buf + (n * M - Kp + 1 - T0);
-                rtv_v8 a0[4] = {{0}}, a1[4] = {{0}};
-                int k = 0;
-                for (; k + 16 <= Kp; k += 16) {
-                    rtv_v8 c0, c1;
-                    memcpy(&c0, coef + k, 32); memcpy(&c1, coef + k + 8, 32);
-                    #pragma GCC unroll 4
-                    for (int g = 0; g < 4; g++) {
-                        rtv_v8 x0, x1;
-                        memcpy(&x0, x + g * M + k, 32); memcpy(&x1, x + g * M + k + 8, 32);
-                        a0[g] += c0 * x0; a1[g] += c1 * x1;
-                    }
-                }
-                if (k < Kp) {
-                    rtv_v8 c0;
-                    memcpy(&c0, coef + k, 32);
-                    #pragma GCC unroll 4
-                    for (int g = 0; g < 4; g++) { rtv_v8 x0; memcpy(&x0, x + g * M + k, 32); a0[g] += c0 * x0; }
-                }
-                #pragma GCC unroll 4
-                for (int g = 0; g < 4; g++) {
-                    rtv_v8 acc = a0[g] + a1[g];
-                    int16_t v = rtv_to_i16(RTV_HSUM(acc));
-                    memcpy(out + 2 * (n + g - n0), &v, 2);
-                }
-            }
-        }
-        for (; n < n1; n++) {
-            long long t = n * M;
-            int p = (int)(t % L);
-            long long b = t / L;
-            const float *x = buf + (b - Kp + 1 - T0);
-            const float *c = coef + (Py_ssize_t)p * Kp;
-            rtv_v8 acc0 = {0}, acc1 = {0};
-            int k = 0;
-            for (; k + 16 <= Kp; k += 16) {
-                rtv_v8 c0, x0, c1, x1;
-                memcpy(&c0, c + k, 32); memcpy(&x0, x + k, 32);
-                memcpy(&c1, c + k + 8, 32); memcpy(&x1, x + k + 8, 32);
-                acc0 += c0 * x0; acc1 += c1 * x1;
-            }
-            if (k < Kp) { rtv_v8 c0, x0; memcpy(&c0, c + k, 32); memcpy(&x0, x + k, 32); acc0 += c0 * x0; }
-            acc0 += acc1;
-            int16_t v = rtv_to_i16(RTV_HSUM(acc0));
-            memcpy(out + 2 * (n - n0), &v, 2);
-        }
+    #define RTV_KERNELS(SUF, V, VI, LN, ATTR) \
+    /* clamp, then round to nearest even with the 1.5*2^23 trick (exact for |v| < 2^22), as lrintf does */ \
+    ATTR static inline __attribute__((always_inline)) void rtv_round_##SUF(const V *pv, int32_t *dst) { \
+        const V zero = {0}; \
+        V v = *pv; \
+        V hi = zero + 32767.f, lo = zero - 32768.f, magic = zero + 12582912.f; \
+        VI m = v > hi; \
+        v = (V)((m & (VI)hi) | (~m & (VI)v)); \
+        m = v < lo; \
+        v = (V)((m & (VI)lo) | (~m & (VI)v)); \
+        v = v + magic; \
+        VI r = (VI)v - 0x4B400000; \
+        memcpy(dst, &r, sizeof(VI)); \
+    } \
+    ATTR static inline __attribute__((always_inline)) float rtv_hsum_##SUF(const V *acc) { \
+        float t[LN]; \
+        memcpy(t, acc, sizeof(V)); \
+        for (int w = LN / 2; w >= 1; w /= 2) for (int i = 0; i < w; i++) t[i] += t[i + w]; \
+        return t[0]; \
+    } \
+    /* generic: one dot product per output (any L/M), LN-tap blocks alternating between two accumulators; \
+       for integer decimation (L == 1) four outputs share each coefficient load */ \
+    ATTR static void rtv_dot_##SUF(const float *coef, int Kp, int L, int M, const float *buf, long long T0, \
+                                   long long n0, long long n1, uint8_t *out) { \
+        long long n = n0; \
+        if (L == 1) { \
+            for (; n + 4 <= n1; n += 4) { \
+                const float *x = buf + (n * M - Kp + 1 - T0); \
+                V a0[4] = {{0}}, a1[4] = {{0}}; \
+                int k = 0; \
+                for (; k + 2 * LN <= Kp; k += 2 * LN) { \
+                    V c0, c1; \
+                    memcpy(&c0, coef + k, sizeof(V)); memcpy(&c1, coef + k + LN, sizeof(V)); \
+                    _Pragma("GCC unroll 4") \
+                    for (int g = 0; g < 4; g++) { \
+                        V x0, x1; \
+                        memcpy(&x0, x + g * M + k, sizeof(V)); memcpy(&x1, x + g * M + k + LN, sizeof(V)); \
+                        a0[g] += c0 * x0; a1[g] += c1 * x1; \
+                    } \
+                } \
+                if (k < Kp) { \
+                    V c0; \
+                    memcpy(&c0, coef + k, sizeof(V)); \
+                    _Pragma("GCC unroll 4") \
+                    for (int g = 0; g < 4; g++) { V x0; memcpy(&x0, x + g * M + k, sizeof(V)); a0[g] += c0 * x0; } \
+                } \
+                _Pragma("GCC unroll 4") \
+                for (int g = 0; g < 4; g++) { \
+                    V acc = a0[g] + a1[g]; \
+                    int16_t v = rtv_to_i16(rtv_hsum_##SUF(&acc)); \
+                    memcpy(out + 2 * (n + g - n0), &v, 2); \
+                } \
+            } \
+        } \
+        for (; n < n1; n++) { \
+            long long t = n * M; \
+            int p = (int)(t % L); \
+            long long b = t / L; \
+            const float *x = buf + (b - Kp + 1 - T0); \
+            const float *c = coef + (Py_ssize_t)p * Kp; \
+            V acc0 = {0}, acc1 = {0}; \
+            int k = 0; \
+            for (; k + 2 * LN <= Kp; k += 2 * LN) { \
+                V c0, x0, c1, x1; \
+                memcpy(&c0, c + k, sizeof(V)); memcpy(&x0, x + k, sizeof(V)); \
+                memcpy(&c1, c + k + LN, sizeof(V)); memcpy(&x1, x + k + LN, sizeof(V)); \
+                acc0 += c0 * x0; acc1 += c1 * x1; \
+            } \
+            if (k < Kp) { V c0, x0; memcpy(&c0, c + k, sizeof(V)); memcpy(&x0, x + k, sizeof(V)); acc0 += c0 * x0; } \
+            acc0 += acc1; \
+            int16_t v = rtv_to_i16(rtv_hsum_##SUF(&acc0)); \
+            memcpy(out + 2 * (n - n0), &v, 2); \
+        } \
+    } \
+    /* integer upsampling (M == 1, L = 2 or 3): NV*LN consecutive inputs per pass (NV = 3 for L = 3, 4 for \
+       L = 2) and all L phases at once, so each input vector load feeds L multiply-adds and 12 or 8 \
+       independent accumulator chains hide the latency within 16 vector registers; each lane is one output \
+       (no horizontal sum; coefb holds every coefficient replicated 8 times, so the broadcast is a plain vector \
+       load: a scalar-to-vector broadcast made the SSE2 build spill through the stack).  The last pass may read up to NV*LN-1 floats past \
+       the valid input (the buffer has slack, its contents stay finite); those lanes are discarded. */ \
+    ATTR static inline __attribute__((always_inline)) void rtv_up_body_##SUF( \
+            const float *coefb, int Kp, int K, const int L, const int NV, const float *buf, long long T0, \
+            long long j0, long long j1, uint8_t *out) { \
+        int32_t tmp[3][4 * LN]; \
+        const int W = NV * LN; \
+        for (long long j = j0; j < j1; j += W) { \
+            int valid = (int)((j1 - j) < W ? (j1 - j) : W); \
+            const float *x = buf + (j - Kp + 1 - T0); \
+            V a[3][4] = {{{0}}}; \
+            for (int t = Kp - K; t < Kp; t++) { \
+                V xv[4]; \
+                _Pragma("GCC unroll 4") \
+                for (int v = 0; v < NV; v++) memcpy(&xv[v], x + t + LN * v, sizeof(V)); \
+                _Pragma("GCC unroll 3") \
+                for (int p = 0; p < L; p++) { \
+                    V cv; \
+                    memcpy(&cv, coefb + 8 * ((Py_ssize_t)p * Kp + t), sizeof(V)); \
+                    _Pragma("GCC unroll 4") \
+                    for (int v = 0; v < NV; v++) a[p][v] += cv * xv[v]; \
+                } \
+            } \
+            _Pragma("GCC unroll 3") \
+            for (int p = 0; p < L; p++) { \
+                _Pragma("GCC unroll 4") \
+                for (int v = 0; v < NV; v++) rtv_round_##SUF(&a[p][v], tmp[p] + LN * v); \
+            } \
+            uint8_t *o = out + 2 * (j - j0) * L; \
+            for (int i = 0; i < valid; i++) { \
+                _Pragma("GCC unroll 3") \
+                for (int p = 0; p < L; p++) { int16_t v = (int16_t)tmp[p][i]; memcpy(o + 2 * (i * L + p), &v, 2); } \
+            } \
+        } \
+    } \
+    ATTR static void rtv_up_##SUF(const float *coefb, int Kp, int K, int L, const float *buf, long long T0, \
+                                  long long j0, long long j1, uint8_t *out) { \
+        if (L == 3) rtv_up_body_##SUF(coefb, Kp, K, 3, 3, buf, T0, j0, j1, out); \
+        else rtv_up_body_##SUF(coefb, Kp, K, 2, 4, buf, T0, j0, j1, out); \
     }
 
-    /* float -> int16 for 8 lanes: clamp, then round to nearest even with the 1.5*2^23 trick (exact for
-     * |v| < 2^22), the same IEEE result as lrintf under the default rounding mode. */
-    typedef int32_t rtv_v8i __attribute__((vector_size(32)));
-    static inline __attribute__((always_inline)) void rtv_round8(const rtv_v8 *pv, int32_t *dst) {
-        const rtv_v8 hi = {32767.f, 32767.f, 32767.f, 32767.f, 32767.f, 32767.f, 32767.f, 32767.f};
-        const rtv_v8 lo = {-32768.f, -32768.f, -32768.f, -32768.f, -32768.f, -32768.f, -32768.f, -32768.f};
-        const rtv_v8 magic = {12582912.f, 12582912.f, 12582912.f, 12582912.f,
-                              12582912.f, 12582912.f, 12582912.f, 12582912.f};
-        rtv_v8 v = *pv;
-        rtv_v8i m = v > hi;
-        v = (rtv_v8)((m & (rtv_v8i)hi) | (~m & (rtv_v8i)v));
-        m = v < lo;
-        v = (rtv_v8)((m & (rtv_v8i)lo) | (~m & (rtv_v8i)v));
-        v = v + magic;
-        rtv_v8i r = (rtv_v8i)v - 0x4B400000;
-        memcpy(dst, &r, 32);
-    }
+    RTV_KERNELS(base, rtv_v4, rtv_v4i, 4, )
 
-    /* integer upsampling (M == 1, L = 2 or 3): 16 consecutive inputs per pass and all L phases at once, so
-     * each input vector load feeds L FMAs; each lane is one output (no horizontal sum, the coefficient is a
-     * broadcast).  The last pass may read up to 15 floats past the valid input (the buffer has slack, its
-     * contents stay finite); those lanes are discarded. */
-    static inline __attribute__((always_inline)) void rtv_up_body(
-            const float *coef, int Kp, int K, const int L, const float *buf, long long T0,
-            long long j0, long long j1, uint8_t *out) {
-        int32_t tmp[3][16];
-        for (long long j = j0; j < j1; j += 16) {
-            int valid = (int)((j1 - j) < 16 ? (j1 - j) : 16);
-            const float *x = buf + (j - Kp + 1 - T0);
-            rtv_v8 a[3][2] = {{{0}}};
-            for (int t = Kp - K; t < Kp; t++) {
-                rtv_v8 x0, x1;
-                memcpy(&x0, x + t, 32); memcpy(&x1, x + t + 8, 32);
-                #pragma GCC unroll 3
-                for (int p = 0; p < L; p++) {
-                    float s = coef[p * Kp + t];
-                    rtv_v8 cv = {s, s, s, s, s, s, s, s};
-                    a[p][0] += cv * x0; a[p][1] += cv * x1;
-                }
-            }
-            #pragma GCC unroll 3
-            for (int p = 0; p < L; p++) {
-                rtv_round8(&a[p][0], tmp[p]);
-                rtv_round8(&a[p][1], tmp[p] + 8);
-            }
-            uint8_t *o = out + 2 * (j - j0) * L;
-            for (int i = 0; i < valid; i++) {
-                #pragma GCC unroll 3
-                for (int p = 0; p < L; p++) { int16_t v = (int16_t)tmp[p][i]; memcpy(o + 2 * (i * L + p), &v, 2); }
-            }
-        }
-    }
-
-    static void rtv_dot_base(const float *coef, int Kp, int L, int M, const float *buf, long long T0,
-                             long long n0, long long n1, uint8_t *out) {
-        rtv_dot_body(coef, Kp, L, M, buf, T0, n0, n1, out);
-    }
-    static void rtv_up_base(const float *coef, int Kp, int K, int L, const float *buf, long long T0,
-                            long long j0, long long j1, uint8_t *out) {
-        if (L == 3) rtv_up_body(coef, Kp, K, 3, buf, T0, j0, j1, out);
-        else rtv_up_body(coef, Kp, K, 2, buf, T0, j0, j1, out);
-    }
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX2__)
     #define RTV_DISPATCH 1
-    __attribute__((target("avx2,fma"))) static void rtv_dot_avx2(
-            const float *coef, int Kp, int L, int M, const float *buf, long long T0,
-            long long n0, long long n1, uint8_t *out) {
-        rtv_dot_body(coef, Kp, L, M, buf, T0, n0, n1, out);
-    }
-    __attribute__((target("avx2,fma"))) static void rtv_up_avx2(
-            const float *coef, int Kp, int K, int L, const float *buf, long long T0,
-            long long j0, long long j1, uint8_t *out) {
-        if (L == 3) rtv_up_body(coef, Kp, K, 3, buf, T0, j0, j1, out);
-        else rtv_up_body(coef, Kp, K, 2, buf, T0, j0, j1, out);
-    }
+    RTV_KERNELS(avx2, rtv_v8, rtv_v8i, 8, __attribute__((target("avx2,fma"))))
     #endif
 
     typedef void (*rtv_dot_fn)(const float *, int, int, int, const float *, long long, long long, long long,
@@ -268,6 +264,10 @@ cdef extern from * nogil:
         rtv_dot = rtv_dot_base; rtv_up = rtv_up_base; return 0;
     }
 
+    static void rtv_ulaw_to_f32(const uint8_t *src, float *dst, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) dst[i] = (float)rtv_ulaw_dec[src[i]];
+    }
+
     static void rtv_i16_to_f32(const uint8_t *src, float *dst, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) { int16_t s; memcpy(&s, src + 2 * i, 2); dst[i] = (float)s; }
     }
@@ -281,10 +281,11 @@ cdef extern from * nogil:
     void rtv_g711_encode(const uint8_t *table, int shift, const uint8_t *src, uint8_t *dst, Py_ssize_t n)
     void rtv_dot(const float *coef, int Kp, int L, int M, const float *buf, long long T0,
                  long long n0, long long n1, uint8_t *out)
-    void rtv_up(const float *coef, int Kp, int K, int L, const float *buf, long long T0,
+    void rtv_up(const float *coefb, int Kp, int K, int L, const float *buf, long long T0,
                 long long j0, long long j1, uint8_t *out)
     int rtv_select_kernels(int allow_simd)
     void rtv_i16_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
+    void rtv_ulaw_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
 
 rtv_g711_init()
 
@@ -295,6 +296,10 @@ import os as _os
 SIMD_KERNELS = rtv_select_kernels(0 if _os.environ.get("RTVOICE_DSP_BASELINE", "") == "1" else 1)
 
 CORE_VERSION = 2
+
+# Loops shorter than this (in bytes/codes) keep the GIL: releasing and re-taking it costs ~30-40 ns, more
+# than a 20 ms frame's codec loop; long buffers (files, bursts) release it so other threads run meanwhile.
+DEF _NOGIL_MIN = 16384
 
 
 cdef inline int _get_in(object obj, Py_buffer *view, str what) except -1:
@@ -328,7 +333,10 @@ cdef object _decode(const int16_t *table, object src, object out):
             if ov.len != 2 * n:
                 raise ValueError(f"out has {ov.len} bytes; decoding {n} codes needs exactly {2 * n} bytes "
                                  f"({n} int16 samples)")
-            with nogil:
+            if n >= _NOGIL_MIN:
+                with nogil:
+                    rtv_g711_decode(table, <const uint8_t *>sv.buf, <uint8_t *>ov.buf, n)
+            else:
                 rtv_g711_decode(table, <const uint8_t *>sv.buf, <uint8_t *>ov.buf, n)
         finally:
             PyBuffer_Release(&ov)
@@ -351,7 +359,10 @@ cdef object _encode(const uint8_t *table, int shift, object samples, object out)
         try:
             if ov.len != n:
                 raise ValueError(f"out has {ov.len} bytes; encoding {n} samples needs exactly {n} bytes")
-            with nogil:
+            if n >= _NOGIL_MIN:
+                with nogil:
+                    rtv_g711_encode(table, shift, <const uint8_t *>sv.buf, <uint8_t *>ov.buf, n)
+            else:
                 rtv_g711_encode(table, shift, <const uint8_t *>sv.buf, <uint8_t *>ov.buf, n)
         finally:
             PyBuffer_Release(&ov)
@@ -461,13 +472,18 @@ cdef class Resampler:
     cdef int L, M, K, Kp
     cdef object _coef
     cdef const float *coef
+    cdef object _coefb
+    cdef const float *coefb
     cdef object _buf
     cdef float *buf
+    cdef object _scratch
+    cdef uint8_t *scratch
     cdef long long T, T0, nout
 
     def __cinit__(self, int in_rate, int out_rate):
         cdef float[:, ::1] cv
-        cdef float[::1] bv
+        cdef float[::1] bv, cbv
+        cdef uint8_t[::1] sv
         self.in_rate = in_rate
         self.out_rate = out_rate
         self.L, self.M, self.K, coef, self.delay_ms = design_filter(in_rate, out_rate)
@@ -475,9 +491,17 @@ cdef class Resampler:
         self._coef = coef
         cv = coef
         self.coef = &cv[0, 0]
+        # the upsampling kernel's coefficients, each replicated 8 times (see rtv_up_body)
+        self._coefb = np.ascontiguousarray(np.repeat(coef.reshape(-1), 8), dtype=np.float32)
+        cbv = self._coefb
+        self.coefb = &cbv[0]
         self._buf = np.zeros(self.Kp + _PIECE + _SLACK + 8, dtype=np.float32)
         bv = self._buf
         self.buf = &bv[0]
+        # int16 outputs of one piece before μ-law encoding (L/M <= 3 for every supported pair)
+        self._scratch = np.zeros(2 * (3 * _PIECE + 64), dtype=np.uint8)
+        sv = self._scratch
+        self.scratch = &sv[0]
         self.reset()
 
     def reset(self):
@@ -502,60 +526,85 @@ cdef class Resampler:
         cdef long long T = self.T + n_samples
         return <Py_ssize_t>((T * self.L + self.M - 1) // self.M - self.nout)
 
-    def process(self, samples, out=None):
-        """Resample int16 ``samples`` (any buffer) into a new int16 numpy array or the given ``out``."""
+    cdef void _run(self, const uint8_t *src, Py_ssize_t n_in, uint8_t *dst, bint in_ulaw,
+                   bint out_ulaw) noexcept nogil:
+        cdef Py_ssize_t done = 0, piece, made
+        cdef Py_ssize_t width_out = 1 if out_ulaw else 2
+        cdef long long n_end, b_next, T0n
+        cdef uint8_t *kdst
+        while done < n_in:
+            piece = n_in - done
+            if piece > _PIECE:
+                piece = _PIECE
+            if in_ulaw:
+                rtv_ulaw_to_f32(src + done, self.buf + (self.T - self.T0), piece)
+            else:
+                rtv_i16_to_f32(src + 2 * done, self.buf + (self.T - self.T0), piece)
+            self.T += piece
+            done += piece
+            n_end = (self.T * self.L + self.M - 1) // self.M
+            if n_end > self.nout:
+                made = <Py_ssize_t>(n_end - self.nout)
+                kdst = self.scratch if out_ulaw else dst
+                if self.M == 1:
+                    rtv_up(self.coefb, self.Kp, self.K, self.L, self.buf, self.T0,
+                           self.nout // self.L, self.T, kdst)
+                else:
+                    rtv_dot(self.coef, self.Kp, self.L, self.M, self.buf, self.T0,
+                            self.nout, n_end, kdst)
+                if out_ulaw:
+                    rtv_g711_encode(rtv_ulaw_enc, 2, self.scratch, dst, made)
+                dst += width_out * made
+                self.nout = n_end
+            # keep only the history the next output needs
+            b_next = (n_end * self.M) // self.L
+            T0n = b_next - self.Kp + 1
+            if T0n > self.T:
+                T0n = self.T
+            if T0n > self.T0:
+                memmove(self.buf, self.buf + (T0n - self.T0), (self.T - T0n) * sizeof(float))
+                self.T0 = T0n
+
+    cdef object _process(self, object samples, object out, bint in_ulaw, bint out_ulaw):
         cdef Py_buffer sv, ov
-        cdef Py_ssize_t n_in, n_out, done, piece
-        cdef long long n_end, j_end, b_next, T0n
-        cdef const uint8_t *src
-        cdef uint8_t *dst
+        cdef Py_ssize_t n_in, n_out, width_in, width_out
+        width_in = 1 if in_ulaw else 2
+        width_out = 1 if out_ulaw else 2
         _get_in(samples, &sv, "samples")
         try:
-            if sv.len & 1:
+            if not in_ulaw and sv.len & 1:
                 raise ValueError(f"samples has an odd byte length ({sv.len}); int16 samples need 2 bytes each")
-            n_in = sv.len // 2
+            n_in = sv.len // width_in
             n_out = self.output_size(n_in)
             if out is None:
-                out = np.empty(n_out, dtype=np.int16)
+                out = bytearray(n_out) if out_ulaw else np.empty(n_out, dtype=np.int16)
             _get_out(out, &ov)
             try:
-                if ov.len != 2 * n_out:
+                if ov.len != width_out * n_out:
                     raise ValueError(f"out has {ov.len} bytes; this chunk of {n_in} samples resamples to "
-                                     f"{n_out} samples, so out needs exactly {2 * n_out} bytes")
-                src = <const uint8_t *>sv.buf
-                dst = <uint8_t *>ov.buf
-                done = 0
-                with nogil:
-                    while done < n_in:
-                        piece = n_in - done
-                        if piece > _PIECE:
-                            piece = _PIECE
-                        rtv_i16_to_f32(src + 2 * done, self.buf + (self.T - self.T0), piece)
-                        self.T += piece
-                        done += piece
-                        n_end = (self.T * self.L + self.M - 1) // self.M
-                        if n_end > self.nout:
-                            if self.M == 1:
-                                rtv_up(self.coef, self.Kp, self.K, self.L, self.buf, self.T0,
-                                       self.nout // self.L, self.T, dst)
-                            else:
-                                rtv_dot(self.coef, self.Kp, self.L, self.M, self.buf, self.T0,
-                                        self.nout, n_end, dst)
-                            dst += 2 * (n_end - self.nout)
-                            self.nout = n_end
-                        # keep only the history the next output needs
-                        b_next = (n_end * self.M) // self.L
-                        T0n = b_next - self.Kp + 1
-                        if T0n > self.T:
-                            T0n = self.T
-                        if T0n > self.T0:
-                            memmove(self.buf, self.buf + (T0n - self.T0), (self.T - T0n) * sizeof(float))
-                            self.T0 = T0n
+                                     f"{n_out} samples, so out needs exactly {width_out * n_out} bytes")
+                if n_in >= _NOGIL_MIN // 8:
+                    with nogil:
+                        self._run(<const uint8_t *>sv.buf, n_in, <uint8_t *>ov.buf, in_ulaw, out_ulaw)
+                else:
+                    self._run(<const uint8_t *>sv.buf, n_in, <uint8_t *>ov.buf, in_ulaw, out_ulaw)
             finally:
                 PyBuffer_Release(&ov)
         finally:
             PyBuffer_Release(&sv)
         return out
+
+    def process(self, samples, out=None):
+        """Resample int16 ``samples`` (any buffer) into a new int16 numpy array or the given ``out``."""
+        return self._process(samples, out, False, False)
+
+    def process_ulaw(self, codes, out=None):
+        """Decode μ-law ``codes`` and resample them in one pass: int16 out (numpy array or ``out``)."""
+        return self._process(codes, out, True, False)
+
+    def process_to_ulaw(self, samples, out=None):
+        """Resample int16 ``samples`` and encode the result to μ-law in one pass (bytearray or ``out``)."""
+        return self._process(samples, out, False, True)
 
 
 # ---------------------------------------------------------------------------------------------------------

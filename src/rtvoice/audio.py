@@ -27,6 +27,10 @@ at import). Any pair of 8000/16000/24000 Hz, and 11025/22050/32000/44100/48000 -
   of the ratio's denominator gives exactly ``len * out_rate / in_rate`` samples (160 -> 480 for 8k -> 24k),
   and 22050 Hz streams stay within one sample of the exact running total, one output chunk per input chunk.
   Any chunking gives output identical, sample for sample, to one-shot processing.
+* ``process_ulaw(codes, out=None)``: μ-law in, int16 out, decoded and resampled in one pass (Twilio ->
+  16/24 kHz vendors); ``process_to_ulaw(samples, out=None)``: int16 in, μ-law out (a bytearray or ``out``),
+  resampled and encoded in one pass (vendor -> Twilio). Identical results to the two-step chains, one call
+  fewer.
 * ``reset()`` forgets the history; ``delay_ms`` is the group delay (1.67 ms for 8k <-> 24k);
   ``output_size(n)``; ``ratio`` (L, M); ``taps`` per output.
 
