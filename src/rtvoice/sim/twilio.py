@@ -652,6 +652,8 @@ class SimulatedCall:
         self._mic_queue: deque[tuple[int, bytes]] = deque()  # (utterance index, audio) waiting to be spoken
         self._seq = 0
         self._t0: float | None = None
+        #: due time of the next frame to send; the stream clock never runs past it (see now_ms)
+        self._next_due_ms = 0.0
         self._ws: Any = None
         self._changed = asyncio.Event()
         self._done = asyncio.Event()
@@ -670,7 +672,11 @@ class SimulatedCall:
         """Current stream time (0 before ``start`` was sent)."""
         if self._t0 is None:
             return 0.0
-        return (time.monotonic() - self._t0) * 1000.0 * self.speed
+        wall = (time.monotonic() - self._t0) * 1000.0 * self.speed
+        # The stream clock is the wall clock, held back to the frame stream: when this process is starved of
+        # CPU and frames go out late, simulated time waits for them, so the caller's audio, script triggers,
+        # playout and marks stay on the same clock as the media timestamps rtvoice sees.
+        return min(wall, self._next_due_ms)
 
     @property
     def done(self) -> bool:
@@ -944,6 +950,7 @@ class SimulatedCall:
             await self._send(self._media_json(payload, frame + 1, due_ms))
             r.sent += payload
             r.frames_sent += 1
+            self._next_due_ms = due_ms + FRAME_MS
             frame += 1
             await self._play(self.now_ms)
             self._notify()
