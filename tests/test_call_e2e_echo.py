@@ -216,3 +216,18 @@ async def test_agent_failure_plays_the_apology_then_ends_the_stream() -> None:
             assert bytes(result.heard).find(apology[: 160 * 5]) >= 0
         assert r.agents[0].closed  # type: ignore[attr-defined]
         assert r.registry.active_calls == 0
+
+
+async def test_a_second_stream_for_the_same_call_replaces_the_first(rig: Rig) -> None:
+    sid = "CA" + "5" * 32
+    first = rig.twilio.start_call(CallScript(), call_sid=sid, max_duration_ms=10_000)
+    await first.wait_stream_time(300, TIMEOUT)
+    second = rig.twilio.start_call(
+        CallScript().say(voiced(400), at_ms=200), call_sid=sid, max_duration_ms=10_000
+    )
+    old = await first.wait_done(TIMEOUT)
+    assert old.close_code == 1000 and "replaced" in old.close_reason
+    await second.wait_first_bot_audio(TIMEOUT)  # the new stream is the live one and works
+    new = await second.aclose()
+    assert new.violations == [] and new.bot_audio_bytes > 0
+    assert rig.registry.active_calls == 0
