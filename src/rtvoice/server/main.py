@@ -131,6 +131,14 @@ def _load_factory(spec: str) -> Callable[[Settings], Any]:
 
 
 def _setup_logging(settings: Settings) -> None:
+    """rtvoice's structured logs (JSON lines or text, secrets redacted) from :mod:`rtvoice.logs`."""
+    try:
+        from rtvoice.logs import configure_logging
+    except ImportError:  # pragma: no cover - logs.py is part of the package; plain logging as a fallback
+        pass
+    else:
+        configure_logging(settings)
+        return
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(
