@@ -715,6 +715,32 @@ async def test_fault_session_max_duration() -> None:
         assert ws.close_reason == "Your session hit the maximum duration of 60 minutes."
 
 
+async def test_idle_timeout_triggers_prompt() -> None:
+    session = {
+        **PCMU_SESSION,
+        "audio": {
+            **PCMU_SESSION["audio"],
+            "input": {
+                "format": {"type": "audio/pcmu"},
+                "turn_detection": {"type": "server_vad", "idle_timeout_ms": 100},
+            },
+        },
+    }
+    async with (
+        OpenAIRealtimeEmulator(["Hello?", "Are you still there?"], config=FAST) as emu,
+        raw_connect(emu) as ws,
+    ):
+        raw = await open_session(ws, session)
+        await raw.send({"type": "response.create"})
+        await raw.until("response.done")
+        await raw.append(silence_ulaw(200))
+        trig, _ = await raw.until("input_audio_buffer.timeout_triggered")
+        assert trig["audio_end_ms"] >= trig["audio_start_ms"]
+        _, seen = await raw.until("response.done")
+        transcript = [e for e in seen if e["type"] == "response.output_audio_transcript.done"]
+        assert transcript[0]["transcript"] == "Are you still there?"
+
+
 async def test_emulator_wait_helpers() -> None:
     async with OpenAIRealtimeEmulator(["x"], config=FAST) as emu, raw_connect(emu) as ws:
         raw = await open_session(ws)

@@ -625,6 +625,7 @@ class RealtimeSession:
         self._cached_tokens = 0
         self._conv_chars = 0
         self.closed = asyncio.Event()
+        self._idle_task: asyncio.Task[None] | None = None
 
     # ---- ids and sending
 
@@ -698,6 +699,7 @@ class RealtimeSession:
                 timer.cancel()
             if self.response and self.response.task:
                 self.response.task.cancel()
+            self._cancel_idle()
             self.closed.set()
 
     async def _session_limit(self, seconds: float) -> None:
@@ -769,6 +771,7 @@ class RealtimeSession:
             return
         for kind, ms in self._vad.feed(data):
             if kind == "speech_started":
+                self._cancel_idle()
                 self._speech_item = self.next_id("item")
                 await self.send(
                     {
@@ -998,6 +1001,7 @@ class RealtimeSession:
 
     async def start_response(self, params: JSON) -> None:
         """Begin generating the next scripted reply as a response (streams in a task)."""
+        self._cancel_idle()
         if self._pending_reply is not None:
             reply, self._pending_reply = self._pending_reply, None
         else:
@@ -1253,6 +1257,34 @@ class RealtimeSession:
         if self.response is resp:
             self.response = None
         await self.send({"type": "response.done", "response": obj})
+        td = self.turn_detection or {}
+        if status == "completed" and td.get("type") == "server_vad" and td.get("idle_timeout_ms"):
+            # The idle timer starts once the reply has finished playing: the emulator assumes the caller hears
+            # the audio in real time from now (it was generated at least that fast).
+            self._cancel_idle()
+            wait_s = resp.audio_ms / 1000.0 + float(td["idle_timeout_ms"]) / 1000.0
+            self._idle_task = asyncio.create_task(self._idle(wait_s))
+
+    def _cancel_idle(self) -> None:
+        if self._idle_task is not None and self._idle_task is not asyncio.current_task():
+            self._idle_task.cancel()
+        self._idle_task = None
+
+    async def _idle(self, wait_s: float) -> None:
+        start_ms = self._vad.position_ms if self._vad else 0
+        await asyncio.sleep(wait_s)
+        end_ms = self._vad.position_ms if self._vad else 0
+        with contextlib.suppress(ConnectionClosed):
+            await self.send(
+                {
+                    "type": "input_audio_buffer.timeout_triggered",
+                    "audio_start_ms": start_ms,
+                    "audio_end_ms": end_ms,
+                    "item_id": self.next_id("item"),
+                }
+            )
+            if self.response is None:
+                await self.start_response({})
 
     async def cancel_response(self, reason: str) -> None:
         """Stop the active response: output item ends ``incomplete``, ``response.done`` is ``cancelled``."""
