@@ -13,6 +13,12 @@ Per inbound frame (the hot path): decode μ-law once into a preallocated buffer,
 to
 the agent, top up Twilio's queue. Per barge-in: ``clear`` to Twilio, drop the unsent bot audio, tell the agent
 what the caller heard (``Heard`` from the ledger, or None when nothing was cut off), cut the transcript.
+
+Inbound ordering is checked inline with the ``media.chunk`` counter rather than through
+:class:`rtvoice.audio.InboundJitter`: one WebSocket over TCP cannot reorder, so a missing chunk number is a
+frame Twilio dropped (31930), never a late one, and holding later frames for a reorder window would only add
+up to 60 ms of latency to the VAD and the vendor. Duplicates/old chunks are dropped (``frames_late``); a hole
+of up to ``MAX_GAP_FILL_FRAMES`` is filled with μ-law silence for the agent so its audio clock stays aligned.
 """
 
 from __future__ import annotations

@@ -33,7 +33,9 @@ Items are kept as a queue of the agent's own ``bytes`` objects sliced by memoryv
 path
 (OpenAI ``audio/pcmu``, ElevenLabs ``ulaw_8000``) is then copied once, by base64, on its way out. Item
 boundaries
-stay exact, which the ledger needs to map a play position back to (item, offset).
+stay exact, which the ledger needs to map a play position back to (item, offset). (The audio core's
+:class:`rtvoice.audio.PlayoutBuffer` ring would add a copy in and a copy out and still need this item
+bookkeeping next to it, so it is not used here.)
 """
 
 from __future__ import annotations
