@@ -75,7 +75,8 @@ class Caller:
     async def frames(self, data: bytes) -> None:
         for i in range(0, len(data), FRAME):
             frame = data[i : i + FRAME].ljust(FRAME, b"\xff")
-            self.agent.send_audio(frame, memoryview(ulaw_decode(frame).tobytes()))
+            # the call hands over a view of its int16 decode buffer (format "h"), as here
+            self.agent.send_audio(frame, memoryview(ulaw_decode(frame)))
             if i % (FRAME * 10) == 0:
                 await asyncio.sleep(0)
 

@@ -21,6 +21,7 @@ import os
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
@@ -125,13 +126,22 @@ async def load_runtime(scenario_path: str = "", *, warm: bool = True) -> _Runtim
         del _loading[loading_key]
 
 
+#: ``listener(kind, data)``: "caller" (a :class:`TurnTiming` once recognised), "bot" (item id, text),
+#: "first_audio" (the :class:`TurnTiming`), "barge_in" (item id, the heard text or None).
+Listener = Callable[[str, object], None]
+
+
 class LocalAgent(Agent):
-    """The offline agent. One instance per call; the models and worker pool are shared."""
+    """The offline agent. One instance per call; the models and worker pool are shared.
+
+    ``listener`` (optional) is told about turns as they happen; the demo prints from it.
+    """
 
     name = "local"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, listener: Listener | None = None) -> None:
         self.settings = settings
+        self.listener = listener
         self.vad = VoiceActivity(
             settings.vad_aggressiveness, settings.vad_onset_frames, max(1, END_OF_TURN_MS // FRAME_MS)
         )
@@ -182,7 +192,7 @@ class LocalAgent(Agent):
     def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
         t_ms = self._tick * FRAME_MS
         self._tick += 1
-        if self._closed or len(pcm) != 320:
+        if self._closed or pcm.nbytes != 320:
             return
         event = self.vad.process(pcm, t_ms)
         utt = self._utterance
@@ -233,6 +243,8 @@ class LocalAgent(Agent):
             reply = self.dialog.respond(text)
             timing = TurnTiming(text, reply.text, end_ms, detected_ms, asr_s=asr_s)
             self.turns.append(timing)
+            if self.listener is not None:
+                self.listener("caller", timing)
             # A new reply replaces whatever is still being spoken (the caller has moved on).
             if self._speaking is not None and not self._speaking.done():
                 await self._stop_speaking()
@@ -262,6 +274,8 @@ class LocalAgent(Agent):
         loop = asyncio.get_running_loop()
         executor = pool.get_pool(self._runtime.model)
         sink.bot_text(item.item_id, reply.text, True)
+        if self.listener is not None:
+            self.listener("bot", (item.item_id, reply.text))
         try:
             for sentence in _SENTENCE.split(reply.text):
                 if not sentence.strip():
@@ -278,6 +292,8 @@ class LocalAgent(Agent):
                     turn, t0 = timing
                     turn.first_audio_ms = self.stream_ms
                     turn.first_audio_s = time.perf_counter() - t0
+                    if self.listener is not None:
+                        self.listener("first_audio", turn)
                 if item.audio_ms == 0:
                     self._bot_until_ms = max(self._bot_until_ms, self.stream_ms)
                 data = speech.ulaw
@@ -306,10 +322,13 @@ class LocalAgent(Agent):
             item.cut = True
         if self._speaking is not None and not self._speaking.done():
             self._speaking.cancel()
+        text = None
         if heard is not None and self.dialog is not None:
             text = self._heard_text(heard)
             if text is not None:
                 self.dialog.heard(text)
+        if self.listener is not None:
+            self.listener("barge_in", (heard.item_id if heard else None, text))
 
     def _heard_text(self, heard: Heard) -> str | None:
         item = self._recent.get(heard.item_id)
