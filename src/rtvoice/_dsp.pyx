@@ -12,6 +12,7 @@ memoryview with a format check.  Inner loops are plain C over raw pointers and r
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from libc.stdint cimport int16_t, uint8_t, uint16_t
+from cpython.exc cimport PyErr_Clear
 from libc.string cimport memcpy, memmove, memset
 
 import numpy as np
@@ -302,22 +303,33 @@ CORE_VERSION = 2
 DEF _NOGIL_MIN = 16384
 
 
-cdef inline int _get_in(object obj, Py_buffer *view, str what) except -1:
+cdef extern from "Python.h":
+    # declared without an exception clause: the fast path tests the result itself, and only the error path
+    # (below) pays for turning BufferError/TypeError into the documented ValueError
+    int _GetBuffer "PyObject_GetBuffer"(object obj, Py_buffer *view, int flags)
+
+
+cdef int _buffer_error(object obj, int flags, str message) except -1:
+    cdef Py_buffer view
+    PyErr_Clear()  # drop the pending error; asking again (checked, deterministic) gives it as an exception
     try:
-        PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+        PyObject_GetBuffer(obj, &view, flags)
     except (BufferError, TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: expected a C-contiguous buffer (bytes, bytearray, memoryview, numpy array), "
-                         f"got {type(obj).__name__}: {exc}") from None
-    return 0
+        raise ValueError(f"{message}, got {type(obj).__name__}: {exc}") from None
+    PyBuffer_Release(&view)
+    raise ValueError(f"{message}, got {type(obj).__name__}")
+
+
+cdef inline int _get_in(object obj, Py_buffer *view, str what) except -1:
+    if _GetBuffer(obj, view, PyBUF_SIMPLE) == 0:
+        return 0
+    return _buffer_error(obj, PyBUF_SIMPLE, f"{what}: expected a C-contiguous buffer (bytes, bytearray, memoryview, numpy array)")
 
 
 cdef inline int _get_out(object obj, Py_buffer *view) except -1:
-    try:
-        PyObject_GetBuffer(obj, view, PyBUF_SIMPLE | PyBUF_WRITABLE)
-    except (BufferError, TypeError, ValueError) as exc:
-        raise ValueError(f"out: expected a writable C-contiguous buffer (bytearray, memoryview, numpy array), "
-                         f"got {type(obj).__name__}: {exc}") from None
-    return 0
+    if _GetBuffer(obj, view, PyBUF_SIMPLE | PyBUF_WRITABLE) == 0:
+        return 0
+    return _buffer_error(obj, PyBUF_SIMPLE | PyBUF_WRITABLE, "out: expected a writable C-contiguous buffer (bytearray, memoryview, numpy array)")
 
 
 cdef object _decode(const int16_t *table, object src, object out):
@@ -898,3 +910,341 @@ cdef class InboundJitter:
             self._release_until_blocked(out)
         self.frames_out += len(out)
         return out
+
+
+# =====================================================================================================
+# ECHO CANCELLATION: bulk-delay estimator + short NLMS + double-talk detector + residual suppressor.
+# Owned by the echo/barge-in work (issue 6); self-contained section, documented in :mod:`rtvoice.echo`.
+# =====================================================================================================
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.buffer cimport PyObject_GetBuffer as _ec_getbuf, PyBuffer_Release as _ec_release
+from cpython.buffer cimport PyBUF_SIMPLE as _EC_SIMPLE, PyBUF_WRITABLE as _EC_WRITABLE
+from libc.math cimport sqrtf, fabsf, sqrt, log10
+from libc.string cimport memmove as _ec_memmove, memset as _ec_memset
+
+cdef enum:
+    _EC_FRAME = 160    # samples per 20 ms frame at 8 kHz
+    _EC_BLOCK = 16     # envelope block of the bulk-delay estimator (2 ms)
+    _EC_BPF = 10       # envelope blocks per frame
+    _EC_MAXTAPS = 256
+    _EC_F_NEAR = 1
+    _EC_F_REF = 2
+    _EC_F_LOCK = 4
+
+#: EchoCancellerCore.process() result bits
+EC_NEAR_END = 1      # the double-talk detector says the caller is talking (or no echo is possible)
+EC_REF_ACTIVE = 2    # bot audio that can still echo was played within the delay window
+EC_LOCKED = 4        # the bulk-delay estimator has locked on the echo delay
+
+
+cdef class EchoCancellerCore:
+    """Acoustic/line echo canceller for one call, one 20 ms frame (160 int16 samples at 8 kHz) at a time.
+
+    ``process(mic, ref, out)``: ``mic`` is what the caller sent, ``ref`` the bot audio played during the same
+    20 ms (by the playback ledger), ``out`` receives the echo-reduced frame.  All three are buffers of exactly
+    320 bytes (int16, native order); nothing is allocated per frame and the arithmetic runs without the GIL.
+    """
+
+    cdef float *xbuf      # reference history, oldest first; the current frame is the last 160 samples
+    cdef int xlen
+    cdef float *h         # adaptive taps, time-reversed (h[taps-1] is the tap at the bulk delay)
+    cdef float *renv      # mean-removed reference envelope history (nlag + _EC_BPF blocks)
+    cdef double *corr     # exponentially weighted envelope cross-correlation per lag (blocks)
+    cdef float *eref      # per-frame reference energy ring (frames that can still echo)
+    cdef float *e1        # pass-1 residual of the current frame
+    cdef int nref, ref_i
+    cdef readonly int taps, max_delay, nlag, delay, pre
+    cdef readonly float mu
+    cdef float rmean, mmean
+    cdef double pm, pr
+    cdef float lam
+    # double-talk detector state
+    cdef readonly double g_max, g_al, noise, dt_ratio
+    cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt
+    cdef readonly double conf
+    cdef double s_ed, s_ee
+    #: energies of the last frame (sum of squares): mic, residual, echo estimate, aligned reference
+    cdef readonly double last_ed, last_ee, last_ey, last_ex
+
+    def __cinit__(self, int taps=48, int max_delay_ms=350, float mu=0.4, float dt_threshold_db=6.0):
+        if not 8 <= taps <= _EC_MAXTAPS:
+            raise ValueError(f"taps must be 8..{_EC_MAXTAPS}, got {taps}")
+        if not 20 <= max_delay_ms <= 1000:
+            raise ValueError(f"max_delay_ms must be 20..1000, got {max_delay_ms}")
+        if not 0.0 < mu <= 1.0:
+            raise ValueError(f"mu must be in (0, 1], got {mu}")
+        self.taps = taps
+        self.mu = mu
+        self.max_delay = max_delay_ms * 8
+        self.nlag = self.max_delay // _EC_BLOCK + 1
+        self.pre = 8
+        self.xlen = self.max_delay + taps + _EC_FRAME + 16
+        self.nref = (self.max_delay + taps) // _EC_FRAME + 2
+        self.dt_ratio = 10.0 ** (dt_threshold_db / 10.0)
+        self.lam = 0.985
+        self.xbuf = <float *>PyMem_Malloc(self.xlen * sizeof(float))
+        self.h = <float *>PyMem_Malloc(taps * sizeof(float))
+        self.renv = <float *>PyMem_Malloc((self.nlag + _EC_BPF) * sizeof(float))
+        self.corr = <double *>PyMem_Malloc(self.nlag * sizeof(double))
+        self.eref = <float *>PyMem_Malloc(self.nref * sizeof(float))
+        self.e1 = <float *>PyMem_Malloc(_EC_FRAME * sizeof(float))
+        if (self.xbuf == NULL or self.h == NULL or self.renv == NULL or self.corr == NULL
+                or self.eref == NULL or self.e1 == NULL):
+            raise MemoryError()
+        self.reset()
+
+    def __dealloc__(self):
+        PyMem_Free(self.xbuf)
+        PyMem_Free(self.h)
+        PyMem_Free(self.renv)
+        PyMem_Free(self.corr)
+        PyMem_Free(self.eref)
+        PyMem_Free(self.e1)
+
+    def reset(self):
+        """Forget everything learned (a new call)."""
+        _ec_memset(self.xbuf, 0, self.xlen * sizeof(float))
+        _ec_memset(self.h, 0, self.taps * sizeof(float))
+        _ec_memset(self.renv, 0, (self.nlag + _EC_BPF) * sizeof(float))
+        _ec_memset(self.corr, 0, self.nlag * sizeof(double))
+        _ec_memset(self.eref, 0, self.nref * sizeof(float))
+        self.ref_i = 0
+        self.delay = 0
+        self.locked = 0
+        self.conf = 0.0
+        self.rmean = 0.0
+        self.mmean = 0.0
+        self.pm = 0.0
+        self.pr = 0.0
+        # Before anything is learned, assume the worst echo path the spec allows (0 dB echo return loss).
+        self.g_max = 1.0
+        self.g_al = 1.0
+        self.n_al = 0
+        self.noise = 0.0
+        self.frames = 0
+        self.dt_frames = 0
+        self.since_dt = 100
+        self.last_flags = 0
+        self.s_ed = 0.0
+        self.s_ee = 0.0
+        self.last_ed = self.last_ee = self.last_ey = self.last_ex = 0.0
+
+    @property
+    def delay_ms(self):
+        """The bulk echo delay in use (ms; the adaptive taps cover ``taps`` samples from there)."""
+        return self.delay / 8.0
+
+    @property
+    def erle_db(self):
+        """Echo return loss enhancement measured on recent echo-only frames (dB; 0 before any)."""
+        if self.s_ee <= 0.0 or self.s_ed <= 0.0:
+            return 0.0
+        return 10.0 * log10(self.s_ed / self.s_ee)
+
+    def taps_copy(self):
+        """The adaptive filter's taps in delay order (a new list; for tests and plots)."""
+        return [self.h[self.taps - 1 - k] for k in range(self.taps)]
+
+    def process(self, mic, ref, out):
+        """Cancel one frame; returns the ``EC_*`` flag bits."""
+        cdef Py_buffer mv, rv, ov
+        cdef int flags
+        _ec_getbuf(mic, &mv, _EC_SIMPLE)
+        try:
+            _ec_getbuf(ref, &rv, _EC_SIMPLE)
+            try:
+                _ec_getbuf(out, &ov, _EC_SIMPLE | _EC_WRITABLE)
+                try:
+                    if mv.len != 2 * _EC_FRAME or rv.len != 2 * _EC_FRAME or ov.len != 2 * _EC_FRAME:
+                        raise ValueError(f"mic, ref and out must be 320 bytes (160 int16 samples); got "
+                                         f"{mv.len}, {rv.len}, {ov.len}")
+                    with nogil:
+                        flags = self._frame(<const int16_t *>mv.buf, <const int16_t *>rv.buf,
+                                            <int16_t *>ov.buf)
+                finally:
+                    _ec_release(&ov)
+            finally:
+                _ec_release(&rv)
+        finally:
+            _ec_release(&mv)
+        return flags
+
+    cdef int _frame(self, const int16_t *d, const int16_t *r, int16_t *o) noexcept nogil:
+        cdef int L = self.taps, n = _EC_FRAME, i, j, b, lag, best, new_delay, shift, base0, nb
+        cdef float *x = self.xbuf
+        cdef float *h = self.h
+        cdef float *e1 = self.e1
+        cdef float acc, v, m, xs, g, norm, reg = L * 900.0, blk_r, blk_m
+        cdef double ed = 0.0, ee = 0.0, ey = 0.0, ex = 0.0, xe = 0.0, xmax, s, p, rr, pred, scale
+        cdef int nearend, ref_active, flags = 0
+        cdef int NR = self.nlag + _EC_BPF
+
+        # 1. shift the reference history by one frame and append the new reference frame
+        _ec_memmove(x, x + n, (self.xlen - n) * sizeof(float))
+        for i in range(n):
+            v = r[i]
+            x[self.xlen - n + i] = v
+            xe += v * v
+        self.eref[self.ref_i] = <float>xe
+        self.ref_i = (self.ref_i + 1) % self.nref
+        xmax = 0.0
+        for i in range(self.nref):
+            if self.eref[i] > xmax:
+                xmax = self.eref[i]
+        # rms 30 (about -60 dBFS) over a frame: anything quieter cannot echo audibly
+        ref_active = xmax > n * 900.0
+
+        # 2. bulk delay: cross-correlate 2 ms envelopes of mic and reference over 0..max_delay
+        _ec_memmove(self.renv, self.renv + _EC_BPF, (NR - _EC_BPF) * sizeof(float))
+        for b in range(_EC_BPF):
+            blk_r = 0.0
+            blk_m = 0.0
+            for i in range(b * _EC_BLOCK, (b + 1) * _EC_BLOCK):
+                blk_r += fabsf(x[self.xlen - n + i])
+                blk_m += fabsf(<float>d[i])
+            blk_r = sqrtf(blk_r / _EC_BLOCK)
+            blk_m = sqrtf(blk_m / _EC_BLOCK)
+            self.rmean += 0.02 * (blk_r - self.rmean)
+            self.mmean += 0.02 * (blk_m - self.mmean)
+            self.renv[NR - _EC_BPF + b] = blk_r - self.rmean
+            e1[b] = blk_m - self.mmean  # scratch: mean-removed mic envelope
+        if ref_active and self.since_dt > 2:
+            for lag in range(self.nlag):
+                s = 0.0
+                base0 = NR - _EC_BPF - lag
+                for b in range(_EC_BPF):
+                    s += e1[b] * self.renv[base0 + b]
+                self.corr[lag] = self.lam * self.corr[lag] + s
+            s = 0.0
+            p = 0.0
+            for b in range(_EC_BPF):
+                s += e1[b] * e1[b]
+                p += self.renv[NR - _EC_BPF + b] * self.renv[NR - _EC_BPF + b]
+            self.pm = self.lam * self.pm + s
+            self.pr = self.lam * self.pr + p
+            best = 0
+            for lag in range(1, self.nlag):
+                if self.corr[lag] > self.corr[best]:
+                    best = lag
+            self.conf = self.corr[best] / sqrt(self.pm * self.pr + 1e-9)
+            if self.conf > 0.3:
+                new_delay = best * _EC_BLOCK - self.pre
+                if new_delay < 0:
+                    new_delay = 0
+                if new_delay > self.max_delay:
+                    new_delay = self.max_delay
+                if not self.locked or abs(new_delay - self.delay) > 4:
+                    # keep what the taps learned: tap k (total delay delay+k) moves to k + delay - new_delay
+                    shift = new_delay - self.delay
+                    if shift > 0:   # taps move towards shorter index
+                        for j in range(L - 1, -1, -1):
+                            h[j] = h[j - shift] if j - shift >= 0 else 0.0
+                    elif shift < 0:
+                        for j in range(L):
+                            h[j] = h[j - shift] if j - shift < L else 0.0
+                    if not self.locked:
+                        self.n_al = 0
+                    self.delay = new_delay
+                    self.locked = 1
+
+        # 3. pass 1: echo estimate with the current taps, residual, energies
+        base0 = self.xlen - n - self.delay - L + 1
+        for i in range(n):
+            acc = 0.0
+            xs = 0.0
+            for j in range(L):
+                acc = acc + h[j] * x[base0 + i + j]
+                xs = xs + x[base0 + i + j] * x[base0 + i + j]
+            v = d[i]
+            e1[i] = v - acc
+            ed += v * v
+            ee += e1[i] * e1[i]
+            ey += acc * acc
+            ex += xs
+        ex /= L
+        self.last_ed = ed
+        self.last_ee = ee
+        self.last_ey = ey
+        self.last_ex = ex
+
+        # 4. double-talk decision: is the residual louder than the echo could be?
+        if ee < self.noise or self.frames == 0:
+            self.noise += 0.3 * (ee - self.noise)
+        else:
+            self.noise *= 1.01
+        if not ref_active:
+            nearend = 1
+        else:
+            if self.locked and self.n_al >= 15:
+                pred = self.g_al * ex
+            else:
+                pred = self.g_max * xmax
+            nearend = ee > self.dt_ratio * pred + 3.0 * self.noise
+            rr = ee - self.noise
+            if rr < 0.0:
+                rr = 0.0
+            if not nearend:
+                self.g_max += 0.15 * (rr / xmax - self.g_max)
+                if self.locked and ex > n * 900.0:
+                    self.g_al += 0.15 * (rr / ex - self.g_al)
+                    self.n_al += 1
+                self.s_ed = 0.95 * self.s_ed + ed
+                self.s_ee = 0.95 * self.s_ee + ee
+            else:
+                # a slow leak upwards so that a sudden echo path change cannot lock the detector forever
+                self.g_max += 0.003 * (rr / xmax - self.g_max)
+                if self.locked and ex > n * 900.0:
+                    self.g_al += 0.003 * (rr / ex - self.g_al)
+                self.dt_frames += 1
+            if self.g_max > 4.0:
+                self.g_max = 4.0
+            if self.g_al > 4.0:
+                self.g_al = 4.0
+        if ref_active and nearend:
+            self.since_dt = 0
+        else:
+            self.since_dt += 1
+
+        # 5. pass 2: NLMS adaptation, frozen during (and just after) double talk
+        # (only when the aligned reference is loud enough to teach anything: fitting noise to a near-silent
+        # reference is how an NLMS drifts; the regularisation also scales with the residual noise level)
+        if ref_active and self.since_dt > 2 and ex > n * 900.0:
+            reg = <float>(L * (900.0 + 4.0 * self.noise / n))
+            norm = 0.0
+            for j in range(L):
+                norm = norm + x[base0 + j] * x[base0 + j]
+            for i in range(n):
+                acc = 0.0
+                for j in range(L):
+                    acc = acc + h[j] * x[base0 + i + j]
+                g = self.mu * (<float>d[i] - acc) / (norm + reg)
+                for j in range(L):
+                    h[j] = h[j] + g * x[base0 + i + j]
+                # slide the window energy by one sample
+                if i + 1 < n:
+                    norm = norm + x[base0 + i + L] * x[base0 + i + L] - x[base0 + i] * x[base0 + i]
+                    if norm < 0.0:
+                        norm = 0.0
+
+        # 6. output: the residual when the caller talks; echo-only frames are brought down to the noise level
+        if nearend or ee <= self.noise or ee <= 0.0:
+            scale = 1.0
+        else:
+            scale = sqrt(self.noise / ee)
+        for i in range(n):
+            v = e1[i] * <float>scale
+            if v > 32767.0:
+                v = 32767.0
+            elif v < -32768.0:
+                v = -32768.0
+            o[i] = <int16_t>v
+        self.frames += 1
+        if nearend:
+            flags |= _EC_F_NEAR
+        if ref_active:
+            flags |= _EC_F_REF
+        if self.locked:
+            flags |= _EC_F_LOCK
+        self.last_flags = flags
+        return flags
