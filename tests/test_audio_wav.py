@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtvoice.audio import WavError, read_wav, write_ulaw_wav, write_wav
+from rtvoice.audio import WavError, read_wav, to_ulaw_8k, ulaw_decode, write_ulaw_wav, write_wav
 
 
 def _tone(n: int = 800, amp: int = 12000) -> np.ndarray:
@@ -74,3 +74,38 @@ def test_unsupported_files_raise_wav_error(tmp_path: Path) -> None:
     (tmp_path / "f.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     with pytest.raises(ValueError, match="format tag 0x0003"):
         read_wav(tmp_path / "f.wav")
+
+
+def test_extensible_pcm_wav(tmp_path: Path) -> None:
+    x = _tone(400)
+    # WAVE_FORMAT_EXTENSIBLE: cbSize 22, 16 valid bits, mono mask, SubFormat GUID starting with PCM's tag 1
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, 16000, 32000, 2, 16, 22, 16, 4)
+    fmt += struct.pack("<H", 1) + bytes(14)
+    data = x.astype("<i2").tobytes()
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(data)) + data
+    (tmp_path / "e.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    y, rate = read_wav(tmp_path / "e.wav")
+    assert rate == 16000
+    assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 16000, 22050, 24000, 44100, 48000])
+def test_to_ulaw_8k_from_any_supported_rate(rate: int) -> None:
+    f = 1037.0  # not commensurate with 8 kHz, so μ-law's quantisation error averages out
+    n = np.arange(rate)  # one second
+    x = np.round(10000 * np.sin(2 * np.pi * f * n / rate)).astype(np.int16)
+    codes = to_ulaw_8k(x, rate)
+    assert isinstance(codes, bytes)
+    assert len(codes) == 8000
+    y = ulaw_decode(codes).astype(np.float64)[400:]  # past the filter warm-up
+    k = np.arange(400, 8000)
+    fit = np.linalg.lstsq(
+        np.stack([np.sin(2 * np.pi * f * k / 8000), np.cos(2 * np.pi * f * k / 8000)], 1), y, rcond=None
+    )[0]
+    assert float(np.hypot(*fit)) == pytest.approx(10000, rel=0.01)  # μ-law error is ~1%; the tone survives
+
+
+def test_to_ulaw_8k_rejects_unsupported_rates() -> None:
+    with pytest.raises(ValueError, match="unsupported resampling 12345 -> 8000"):
+        to_ulaw_8k(np.zeros(100, np.int16), 12345)

@@ -176,10 +176,14 @@ def read_wav(path: str | Path) -> tuple[npt.NDArray[np.int16], int]:
     if channels < 1 or rate < 1:
         raise WavError(f"invalid WAV header: {channels} channels at {rate} Hz")
     if tag == _WAVE_FORMAT_PCM:
-        with wave.open(str(path), "rb") as w:  # stdlib parser for plain PCM
-            frames = w.readframes(w.getnframes())
-            width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
-        return _mix_to_mono(_pcm_to_int16(frames, width), channels), rate
+        try:
+            with wave.open(str(path), "rb") as w:  # stdlib parser for plain PCM
+                frames = w.readframes(w.getnframes())
+                width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+        except wave.Error:  # WAVE_FORMAT_EXTENSIBLE PCM (Python < 3.12's wave rejects it): use the chunk
+            frames, width = payload, (bits + 7) // 8
+        usable = len(frames) - len(frames) % (width * channels)
+        return _mix_to_mono(_pcm_to_int16(frames[:usable], width), channels), rate
     if tag in (_WAVE_FORMAT_MULAW, _WAVE_FORMAT_ALAW):
         if bits != 8:
             raise WavError(f"G.711 WAV with {bits} bits per sample")
