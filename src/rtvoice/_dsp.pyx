@@ -239,6 +239,46 @@ cdef extern from * nogil:
                                   long long j0, long long j1, uint8_t *out) { \
         if (L == 3) rtv_up_body_##SUF(coefb, Kp, K, 3, 3, buf, T0, j0, j1, out); \
         else rtv_up_body_##SUF(coefb, Kp, K, 2, 4, buf, T0, j0, j1, out); \
+    } \
+    /* integer decimation (L == 1): the input is kept deinterleaved into M streams (d_s[e] = x[T0 + M e + s]), \
+       so tap t of outputs j..j+W-1 reads one contiguous run of stream st[t] starting at (j - m0 + qt[t]), \
+       where t - Kp + 1 = M qt[t] + st[t].  Lanes are outputs (no horizontal sum), 5 vectors per pass, even \
+       and odd taps in separate accumulators (10 independent chains), summed once at the end.  The last \
+       pass reads past the valid input into the streams' slack; those lanes are discarded. */ \
+    ATTR static void rtv_dec_##SUF(const float *coefb, int Kp, const int *st, const int *qt, const float *dbuf, \
+                                   Py_ssize_t S, long long m0, long long j0, long long j1, uint8_t *out) { \
+        int32_t tmp[5 * LN]; \
+        const int W = 5 * LN; \
+        for (long long j = j0; j < j1; j += W) { \
+            int valid = (int)((j1 - j) < W ? (j1 - j) : W); \
+            const float *base = dbuf + (j - m0); \
+            V ae[5] = {{0}}, ao[5] = {{0}}; \
+            int t = 0; \
+            for (; t + 2 <= Kp; t += 2) { \
+                const float *p0 = base + (Py_ssize_t)st[t] * S + qt[t]; \
+                const float *p1 = base + (Py_ssize_t)st[t + 1] * S + qt[t + 1]; \
+                V c0, c1; \
+                memcpy(&c0, coefb + 8 * (Py_ssize_t)t, sizeof(V)); \
+                memcpy(&c1, coefb + 8 * (Py_ssize_t)(t + 1), sizeof(V)); \
+                _Pragma("GCC unroll 5") \
+                for (int v = 0; v < 5; v++) { \
+                    V x0, x1; \
+                    memcpy(&x0, p0 + LN * v, sizeof(V)); memcpy(&x1, p1 + LN * v, sizeof(V)); \
+                    ae[v] += c0 * x0; ao[v] += c1 * x1; \
+                } \
+            } \
+            if (t < Kp) { \
+                const float *p0 = base + (Py_ssize_t)st[t] * S + qt[t]; \
+                V c0; \
+                memcpy(&c0, coefb + 8 * (Py_ssize_t)t, sizeof(V)); \
+                _Pragma("GCC unroll 5") \
+                for (int v = 0; v < 5; v++) { V x0; memcpy(&x0, p0 + LN * v, sizeof(V)); ae[v] += c0 * x0; } \
+            } \
+            _Pragma("GCC unroll 5") \
+            for (int v = 0; v < 5; v++) { V r = ae[v] + ao[v]; rtv_round_##SUF(&r, tmp + LN * v); } \
+            uint8_t *o = out + 2 * (j - j0); \
+            for (int i = 0; i < valid; i++) { int16_t v = (int16_t)tmp[i]; memcpy(o + 2 * i, &v, 2); } \
+        } \
     }
 
     RTV_KERNELS(base, rtv_v4, rtv_v4i, 4, )
@@ -252,21 +292,66 @@ cdef extern from * nogil:
                                uint8_t *);
     typedef void (*rtv_up_fn)(const float *, int, int, int, const float *, long long, long long, long long,
                               uint8_t *);
+    typedef void (*rtv_dec_fn)(const float *, int, const int *, const int *, const float *, Py_ssize_t,
+                               long long, long long, long long, uint8_t *);
     static rtv_dot_fn rtv_dot = rtv_dot_base;
     static rtv_up_fn rtv_up = rtv_up_base;
+    static rtv_dec_fn rtv_dec = rtv_dec_base;
 
     static int rtv_select_kernels(int allow_simd) {
     #ifdef RTV_DISPATCH
         __builtin_cpu_init();
         if (allow_simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-            rtv_dot = rtv_dot_avx2; rtv_up = rtv_up_avx2; return 1;
+            rtv_dot = rtv_dot_avx2; rtv_up = rtv_up_avx2; rtv_dec = rtv_dec_avx2; return 1;
         }
     #endif
-        rtv_dot = rtv_dot_base; rtv_up = rtv_up_base; return 0;
+        rtv_dot = rtv_dot_base; rtv_up = rtv_up_base; rtv_dec = rtv_dec_base; return 0;
     }
 
     static void rtv_ulaw_to_f32(const uint8_t *src, float *dst, Py_ssize_t n) {
         for (Py_ssize_t i = 0; i < n; i++) dst[i] = (float)rtv_ulaw_dec[src[i]];
+    }
+
+    /* append n samples (int16 or μ-law) to M deinterleaved streams, starting at stream s, element e: a scalar
+     * head up to the next whole group of M, whole groups with M a compile-time constant for the common
+     * decimations (so the compiler unrolls/vectorises the de-interleave), then a scalar tail */
+    static inline float rtv_sample(const uint8_t *src, int ulaw, Py_ssize_t i) {
+        if (ulaw) return (float)rtv_ulaw_dec[src[i]];
+        int16_t x; memcpy(&x, src + 2 * i, 2); return (float)x;
+    }
+    static inline __attribute__((always_inline)) void rtv_append_groups(
+            const uint8_t *src, int ulaw, Py_ssize_t groups, float *dbuf, Py_ssize_t S, const int M, Py_ssize_t e) {
+        if (ulaw) {
+            for (Py_ssize_t g = 0; g < groups; g++)
+                for (int s = 0; s < M; s++) dbuf[(Py_ssize_t)s * S + e + g] = (float)rtv_ulaw_dec[src[g * M + s]];
+        } else {
+            for (Py_ssize_t g = 0; g < groups; g++)
+                for (int s = 0; s < M; s++) {
+                    int16_t x; memcpy(&x, src + 2 * (g * M + s), 2);
+                    dbuf[(Py_ssize_t)s * S + e + g] = (float)x;
+                }
+        }
+    }
+    static void rtv_append_streams(const uint8_t *src, int ulaw, Py_ssize_t n, float *dbuf, Py_ssize_t S, int M,
+                                   int s, Py_ssize_t e) {
+        const int w = ulaw ? 1 : 2;
+        Py_ssize_t i = 0;
+        while (s != 0 && i < n) {
+            dbuf[(Py_ssize_t)s * S + e] = rtv_sample(src, ulaw, i++);
+            if (++s == M) { s = 0; e++; }
+        }
+        Py_ssize_t groups = (n - i) / M;
+        switch (M) {
+        case 2: rtv_append_groups(src + w * i, ulaw, groups, dbuf, S, 2, e); break;
+        case 3: rtv_append_groups(src + w * i, ulaw, groups, dbuf, S, 3, e); break;
+        default: rtv_append_groups(src + w * i, ulaw, groups, dbuf, S, M, e); break;
+        }
+        i += groups * M;
+        e += groups;
+        while (i < n) {
+            dbuf[(Py_ssize_t)s * S + e] = rtv_sample(src, ulaw, i++);
+            if (++s == M) { s = 0; e++; }
+        }
     }
 
     static void rtv_i16_to_f32(const uint8_t *src, float *dst, Py_ssize_t n) {
@@ -285,6 +370,10 @@ cdef extern from * nogil:
     void rtv_up(const float *coefb, int Kp, int K, int L, const float *buf, long long T0,
                 long long j0, long long j1, uint8_t *out)
     int rtv_select_kernels(int allow_simd)
+    void rtv_dec(const float *coefb, int Kp, const int *st, const int *qt, const float *dbuf, Py_ssize_t S,
+                 long long m0, long long j0, long long j1, uint8_t *out)
+    void rtv_append_streams(const uint8_t *src, int ulaw, Py_ssize_t n, float *dbuf, Py_ssize_t S, int M,
+                            int s, Py_ssize_t e)
     void rtv_i16_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
     void rtv_ulaw_to_f32(const uint8_t *src, float *dst, Py_ssize_t n)
 
@@ -491,11 +580,19 @@ cdef class Resampler:
     cdef object _scratch
     cdef uint8_t *scratch
     cdef long long T, T0, nout
+    # integer decimation (L == 1, M > 1): deinterleaved streams instead of buf (see rtv_dec)
+    cdef bint dec
+    cdef object _dbuf, _st, _qt
+    cdef float *dbuf
+    cdef const int *st
+    cdef const int *qt
+    cdef Py_ssize_t S
 
     def __cinit__(self, int in_rate, int out_rate):
         cdef float[:, ::1] cv
         cdef float[::1] bv, cbv
         cdef uint8_t[::1] sv
+        cdef int[::1] stv, qtv
         self.in_rate = in_rate
         self.out_rate = out_rate
         self.L, self.M, self.K, coef, self.delay_ms = design_filter(in_rate, out_rate)
@@ -514,6 +611,19 @@ cdef class Resampler:
         self._scratch = np.zeros(2 * (3 * _PIECE + 64), dtype=np.uint8)
         sv = self._scratch
         self.scratch = &sv[0]
+        self.dec = self.L == 1 and self.M > 1
+        if self.dec:
+            offsets = np.arange(self.Kp) - self.Kp + 1  # tap t reads x[j*M + offsets[t]]
+            self._st = np.ascontiguousarray(offsets % self.M, dtype=np.intc)
+            self._qt = np.ascontiguousarray(offsets // self.M, dtype=np.intc)
+            stv = self._st
+            qtv = self._qt
+            self.st = &stv[0]
+            self.qt = &qtv[0]
+            self.S = (self.Kp + self.M + _PIECE) // self.M + 2 + _SLACK
+            self._dbuf = np.zeros(self.M * self.S, dtype=np.float32)
+            bv = self._dbuf
+            self.dbuf = &bv[0]
         self.reset()
 
     def reset(self):
@@ -522,6 +632,9 @@ cdef class Resampler:
         self.T = 0
         self.T0 = -(self.Kp - 1)
         self.nout = 0
+        if self.dec:
+            self._dbuf[:] = 0
+            self.T0 = -self.M * ((self.Kp - 1 + self.M - 1) // self.M)  # a multiple of M
 
     @property
     def ratio(self):
@@ -544,6 +657,39 @@ cdef class Resampler:
         cdef Py_ssize_t width_out = 1 if out_ulaw else 2
         cdef long long n_end, b_next, T0n
         cdef uint8_t *kdst
+        cdef long long off, shift, keep
+        cdef int sidx
+        if self.dec:
+            while done < n_in:
+                piece = n_in - done
+                if piece > _PIECE:
+                    piece = _PIECE
+                off = self.T - self.T0
+                rtv_append_streams(src + (done if in_ulaw else 2 * done), in_ulaw, piece, self.dbuf, self.S,
+                                   self.M, <int>(off % self.M), <Py_ssize_t>(off // self.M))
+                self.T += piece
+                done += piece
+                n_end = (self.T + self.M - 1) // self.M
+                if n_end > self.nout:
+                    made = <Py_ssize_t>(n_end - self.nout)
+                    kdst = self.scratch if out_ulaw else dst
+                    rtv_dec(self.coefb, self.Kp, self.st, self.qt, self.dbuf, self.S, self.T0 // self.M,
+                            self.nout, n_end, kdst)
+                    if out_ulaw:
+                        rtv_g711_encode(rtv_ulaw_enc, 2, self.scratch, dst, made)
+                    dst += width_out * made
+                    self.nout = n_end
+                # keep the streams from the first sample the next output needs (rounded down to a multiple of M)
+                b_next = n_end * self.M - self.Kp + 1
+                T0n = b_next - (b_next % self.M + self.M) % self.M  # floor to a multiple of M
+                if T0n > self.T0:
+                    shift = (T0n - self.T0) // self.M
+                    keep = (self.T - T0n + self.M - 1) // self.M
+                    for sidx in range(self.M):
+                        memmove(self.dbuf + sidx * self.S, self.dbuf + sidx * self.S + shift,
+                                keep * sizeof(float))
+                    self.T0 = T0n
+            return
         while done < n_in:
             piece = n_in - done
             if piece > _PIECE:
@@ -923,6 +1069,44 @@ from cpython.buffer cimport PyBUF_SIMPLE as _EC_SIMPLE, PyBUF_WRITABLE as _EC_WR
 from libc.math cimport sqrtf, fabsf, sqrt, log10
 from libc.string cimport memmove as _ec_memmove, memset as _ec_memset
 
+cdef extern from * nogil:
+    """
+    /* echo canceller kernels: dot product and axpy on float32 with GCC/Clang vector extensions (SSE2/NEON
+       width), two accumulators so that the reduction is not one long dependency chain; n % 8 == 0 */
+    #if defined(__GNUC__)
+    typedef float rtv_ec_v4 __attribute__((vector_size(16)));
+    static inline float rtv_ec_dot(const float *a, const float *b, int n) {
+        rtv_ec_v4 s0 = {0, 0, 0, 0}, s1 = {0, 0, 0, 0}, va, vb, vc, vd;
+        for (int i = 0; i < n; i += 8) {
+            memcpy(&va, a + i, 16); memcpy(&vb, b + i, 16);
+            memcpy(&vc, a + i + 4, 16); memcpy(&vd, b + i + 4, 16);
+            s0 += va * vb; s1 += vc * vd;
+        }
+        s0 += s1;
+        return (s0[0] + s0[1]) + (s0[2] + s0[3]);
+    }
+    static inline void rtv_ec_axpy(float g, const float *x, float *h, int n) {
+        rtv_ec_v4 vg = {g, g, g, g}, vx, vh;
+        for (int i = 0; i < n; i += 4) {
+            memcpy(&vx, x + i, 16); memcpy(&vh, h + i, 16);
+            vh += vg * vx;
+            memcpy(h + i, &vh, 16);
+        }
+    }
+    #else
+    static inline float rtv_ec_dot(const float *a, const float *b, int n) {
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int i = 0; i < n; i += 4) { s0 += a[i] * b[i]; s1 += a[i+1] * b[i+1]; s2 += a[i+2] * b[i+2]; s3 += a[i+3] * b[i+3]; }
+        return (s0 + s1) + (s2 + s3);
+    }
+    static inline void rtv_ec_axpy(float g, const float *x, float *h, int n) {
+        for (int i = 0; i < n; i++) h[i] += g * x[i];
+    }
+    #endif
+    """
+    float rtv_ec_dot(const float *a, const float *b, int n)
+    void rtv_ec_axpy(float g, const float *x, float *h, int n)
+
 cdef enum:
     _EC_FRAME = 160    # samples per 20 ms frame at 8 kHz
     _EC_BLOCK = 16     # envelope block of the bulk-delay estimator (2 ms)
@@ -961,15 +1145,15 @@ cdef class EchoCancellerCore:
     cdef float lam
     # double-talk detector state
     cdef readonly double g_max, g_al, noise, dt_ratio
-    cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt
+    cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt, ref_frames
     cdef readonly double conf
     cdef double s_ed, s_ee
     #: energies of the last frame (sum of squares): mic, residual, echo estimate, aligned reference
     cdef readonly double last_ed, last_ee, last_ey, last_ex
 
     def __cinit__(self, int taps=48, int max_delay_ms=350, float mu=0.4, float dt_threshold_db=6.0):
-        if not 8 <= taps <= _EC_MAXTAPS:
-            raise ValueError(f"taps must be 8..{_EC_MAXTAPS}, got {taps}")
+        if not 8 <= taps <= _EC_MAXTAPS or taps % 8:
+            raise ValueError(f"taps must be a multiple of 8 in 8..{_EC_MAXTAPS}, got {taps}")
         if not 20 <= max_delay_ms <= 1000:
             raise ValueError(f"max_delay_ms must be 20..1000, got {max_delay_ms}")
         if not 0.0 < mu <= 1.0:
@@ -1023,6 +1207,7 @@ cdef class EchoCancellerCore:
         self.n_al = 0
         self.noise = 0.0
         self.frames = 0
+        self.ref_frames = 0
         self.dt_frames = 0
         self.since_dt = 100
         self.last_flags = 0
@@ -1094,6 +1279,8 @@ cdef class EchoCancellerCore:
                 xmax = self.eref[i]
         # rms 30 (about -60 dBFS) over a frame: anything quieter cannot echo audibly
         ref_active = xmax > n * 900.0
+        if ref_active:
+            self.ref_frames += 1
 
         # 2. bulk delay: cross-correlate 2 ms envelopes of mic and reference over 0..max_delay
         _ec_memmove(self.renv, self.renv + _EC_BPF, (NR - _EC_BPF) * sizeof(float))
@@ -1150,18 +1337,20 @@ cdef class EchoCancellerCore:
 
         # 3. pass 1: echo estimate with the current taps, residual, energies
         base0 = self.xlen - n - self.delay - L + 1
+        xs = rtv_ec_dot(x + base0, x + base0, L)
         for i in range(n):
-            acc = 0.0
-            xs = 0.0
-            for j in range(L):
-                acc = acc + h[j] * x[base0 + i + j]
-                xs = xs + x[base0 + i + j] * x[base0 + i + j]
+            acc = rtv_ec_dot(h, x + base0 + i, L)
             v = d[i]
             e1[i] = v - acc
             ed += v * v
             ee += e1[i] * e1[i]
             ey += acc * acc
             ex += xs
+            # slide the window energy by one sample (never read past the newest sample)
+            if i + 1 < n:
+                xs = xs + x[base0 + i + L] * x[base0 + i + L] - x[base0 + i] * x[base0 + i]
+                if xs < 0.0:
+                    xs = 0.0
         ex /= L
         self.last_ed = ed
         self.last_ee = ee
@@ -1173,6 +1362,8 @@ cdef class EchoCancellerCore:
             self.noise += 0.3 * (ee - self.noise)
         else:
             self.noise *= 1.01
+        if self.noise < n * 25.0:
+            self.noise = n * 25.0
         if not ref_active:
             nearend = 1
         else:
@@ -1180,14 +1371,22 @@ cdef class EchoCancellerCore:
                 pred = self.g_al * ex
             else:
                 pred = self.g_max * xmax
-            nearend = ee > self.dt_ratio * pred + 3.0 * self.noise
+            # (plus an absolute floor, rms 50 = -56 dBFS: a frame that quiet is never the caller barging in)
+            nearend = ee > self.dt_ratio * pred + 3.0 * self.noise + n * 2500.0
             rr = ee - self.noise
             if rr < 0.0:
                 rr = 0.0
             if not nearend:
-                self.g_max += 0.15 * (rr / xmax - self.g_max)
+                # peak-following gains: quick to rise (a louder echo must not look like the caller), slow to
+                # fall (the residual of one quiet frame says little about the next)
+                # (slower still until the reference has played for longer than the longest echo delay: before
+                # that, a quiet microphone may only mean that the echo has not arrived yet)
+                fall = 0.15 if self.ref_frames > self.nref else 0.05
+                rr = rr / xmax
+                self.g_max += (0.3 if rr > self.g_max else fall) * (rr - self.g_max)
                 if self.locked and ex > n * 900.0:
-                    self.g_al += 0.15 * (rr / ex - self.g_al)
+                    rr = (ee - self.noise) / ex
+                    self.g_al += (0.3 if rr > self.g_al else fall) * (rr - self.g_al)
                     self.n_al += 1
                 self.s_ed = 0.95 * self.s_ed + ed
                 self.s_ee = 0.95 * self.s_ee + ee
@@ -1197,6 +1396,10 @@ cdef class EchoCancellerCore:
                 if self.locked and ex > n * 900.0:
                     self.g_al += 0.003 * (rr / ex - self.g_al)
                 self.dt_frames += 1
+            if self.g_max < 0.003:
+                self.g_max = 0.003
+            if self.g_al < 0.003:
+                self.g_al = 0.003
             if self.g_max > 4.0:
                 self.g_max = 4.0
             if self.g_al > 4.0:
@@ -1215,12 +1418,9 @@ cdef class EchoCancellerCore:
             for j in range(L):
                 norm = norm + x[base0 + j] * x[base0 + j]
             for i in range(n):
-                acc = 0.0
-                for j in range(L):
-                    acc = acc + h[j] * x[base0 + i + j]
+                acc = rtv_ec_dot(h, x + base0 + i, L)
                 g = self.mu * (<float>d[i] - acc) / (norm + reg)
-                for j in range(L):
-                    h[j] = h[j] + g * x[base0 + i + j]
+                rtv_ec_axpy(g, x + base0 + i, h, L)
                 # slide the window energy by one sample
                 if i + 1 < n:
                     norm = norm + x[base0 + i + L] * x[base0 + i + L] - x[base0 + i] * x[base0 + i]
