@@ -227,3 +227,21 @@ def test_fused_ulaw_paths_equal_the_two_step_chains(a: int, b: int) -> None:
         out = bytearray(r3.output_size(len(s)))
         assert r3.process_to_ulaw(s, out) is out
         assert out == ulaw_encode(r4.process(s))
+
+
+@pytest.mark.parametrize(("a", "b"), [(a, b) for a in CALL_RATES for b in CALL_RATES if a != b])
+def test_every_call_rate_pair_is_flat_and_rejects_aliases(a: int, b: int) -> None:
+    low = min(a, b)
+    for f in (0.05 * low, 0.25 * low, 0.425 * low):  # passband, up to 3.4 kHz at 8 kHz
+        y = steady(in_chunks(Resampler(a, b), tone(f, a), a // 50), b)
+        assert abs(db(amplitude(y, f, b) / 16000)) <= 0.1, f
+    if a > b:  # decimation: a tone above the new band (5 kHz -> 8 kHz) must not fold back into it
+        f = 0.625 * low
+        alias = b - f
+        y = steady(in_chunks(Resampler(a, b), tone(f, a), a // 50), b)
+        assert db(amplitude(y, alias, b) / 16000) <= -80
+    else:  # interpolation: the image of a 1/8-band tone stays below -90 dBc
+        f = 0.125 * low
+        y = steady(in_chunks(Resampler(a, b), tone(f, a), a // 50), b)
+        image = a - f
+        assert db(amplitude(y, image, b) / amplitude(y, f, b)) <= -90
