@@ -31,9 +31,9 @@ def test_rows_and_table_shape() -> None:
 def test_failed_budget_gives_exit_code_1(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setitem(benchmarks.CEILINGS, "decode", 0.001)  # no real decode takes 1 ps
     assert main(["bench", "dsp", "--frames", "10", "--rounds", "1", "--attempts", "1"]) == 1
-    out = capsys.readouterr().out
-    assert "FAIL" in out
-    assert "decode vs ceiling" in out
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out
+    assert "decode vs ceiling" in captured.err
 
 
 def test_bench_default_suite_and_json(capsys) -> None:

@@ -408,7 +408,10 @@ def _run_dsp_command(args: argparse.Namespace) -> int:
         print(format_table(rows))
     failed = [r for r in rows if r.passed is False]
     if failed:
-        print(f"{len(failed)} budget(s) failed: " + ", ".join(f"{r.name} vs {r.reference}" for r in failed))
+        print(
+            f"{len(failed)} budget(s) failed: " + ", ".join(f"{r.name} vs {r.reference}" for r in failed),
+            file=sys.stderr,
+        )
         return 1
     return 0
 
