@@ -103,3 +103,39 @@ class InboundJitter:
     def pending(self) -> int: ...
     def push(self, seq: int, payload: bytes) -> list[tuple[int, bytes, bool]]: ...
     def flush(self) -> list[tuple[int, bytes, bool]]: ...
+
+# --- echo cancellation (rtvoice.echo) ---------------------------------------------------------------------------
+
+EC_NEAR_END: int
+EC_REF_ACTIVE: int
+EC_LOCKED: int
+
+class EchoCancellerCore:
+    taps: int
+    max_delay: int
+    nlag: int
+    delay: int
+    locked: int
+    conf: float
+    g_max: float
+    g_al: float
+    noise: float
+    frames: int
+    ref_frames: int
+    dt_frames: int
+    since_dt: int
+    last_flags: int
+    last_ed: float
+    last_ee: float
+    last_ey: float
+    last_ex: float
+    def __init__(
+        self, taps: int = 48, max_delay_ms: int = 350, mu: float = 0.4, dt_threshold_db: float = 6.0
+    ) -> None: ...
+    def reset(self) -> None: ...
+    @property
+    def delay_ms(self) -> float: ...
+    @property
+    def erle_db(self) -> float: ...
+    def taps_copy(self) -> list[float]: ...
+    def process(self, mic: BufferLike, ref: BufferLike, out: BufferLike) -> int: ...

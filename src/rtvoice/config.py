@@ -17,6 +17,8 @@ AGENT_MODES = ("local", "echo", "openai", "openai-elevenlabs", "elevenlabs-agent
 OPENAI_AUDIO_FORMATS = ("pcmu", "pcm")
 ELEVENLABS_OUTPUT_FORMATS = ("ulaw_8000", "pcm_16000", "pcm_24000")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: RTVOICE_BARGEIN_POLICY values (rtvoice.echo.make_gate)
+BARGEIN_POLICIES = ("echo-aware", "vad", "ignore-first-3s")
 
 
 class ConfigError(ValueError):
@@ -105,6 +107,9 @@ class Settings:
     max_queued_ms: int = 200
     mark_interval_ms: int = 60
     echo_delay_ms: int = 500
+    #: barge-in gate while bot audio plays: "echo-aware" (echo canceller + double-talk detector,
+    #: rtvoice.echo), "vad" (plain webrtcvad), "ignore-first-3s" (no barge-in in a bot turn's first 3 s)
+    bargein_policy: str = "echo-aware"
 
     # --- vendors -------------------------------------------------------------------------------------------------
     openai_api_key: str = ""
@@ -233,6 +238,10 @@ class Settings:
             kw["mark_interval_ms"] = _parse_int("RTVOICE_MARK_INTERVAL_MS", v, 20, 1000)
         if (v := get("RTVOICE_ECHO_DELAY_MS")) is not None:
             kw["echo_delay_ms"] = _parse_int("RTVOICE_ECHO_DELAY_MS", v, 0, 10_000)
+        if (v := get("RTVOICE_BARGEIN_POLICY")) is not None:
+            kw["bargein_policy"] = _parse_choice(
+                "RTVOICE_BARGEIN_POLICY", v.strip().lower(), BARGEIN_POLICIES
+            )
 
         kw["openai_api_key"] = get("OPENAI_API_KEY") or ""
         if (v := get("OPENAI_BASE_URL")) is not None:

@@ -37,6 +37,7 @@ from rtvoice.call.bargein import BargeIn, BargeInController, BargeInGate
 from rtvoice.call.ledger import BYTES_PER_MS, MarkAck, PlaybackLedger
 from rtvoice.call.pacing import Pacer
 from rtvoice.config import Settings
+from rtvoice.echo import FrameGate, make_gate
 from rtvoice.twilio.media import Dtmf, Mark, Media, MessageWriter, Start, Stop
 from rtvoice.vad import FRAME_MS, SpeechEnd, SpeechStart, VoiceActivity
 
@@ -206,6 +207,14 @@ class Call:
         self.ledger = PlaybackLedger(settings.mark_interval_ms)
         self.pacer = Pacer(self.ledger, None, settings.max_queued_ms)
         self.pacer.on_first_send = self._first_send
+        if gate is None:
+            # the RTVOICE_BARGEIN_POLICY gate (issue 6); the echo-aware one taps the bot audio sent to Twilio
+            gate = make_gate(settings.bargein_policy, self.ledger)
+        tap = getattr(gate, "tap", None)
+        if tap is not None:
+            self.pacer.on_audio = tap.sent
+        #: a gate that sees every frame decides what the VAD hears (e.g. the echo-reduced signal)
+        self._frontend: FrameGate | None = gate if hasattr(gate, "frame") else None  # type: ignore[assignment]
         self.bargein = BargeInController(gate)
         # Decoded-frame buffer reused for every 20 ms frame; the agent gets an int16 view of it (valid
         # during the
@@ -281,7 +290,9 @@ class Call:
         if n == FRAME_BYTES:
             ulaw_decode(payload, self._pcm)
             pcm = self._pcm_view
-            event = self.vad.process(self._pcm, media.timestamp)
+            front = self._frontend
+            vad_in = self._pcm if front is None else front.frame(pcm, now, self._bot_active())
+            event = self.vad.process(vad_in, media.timestamp)
             if event is not None:
                 self._on_vad(event)
         else:

@@ -107,6 +107,8 @@ class Pacer:
         self._by_id: dict[str, _Item] = {}
         #: Called with (item_id, now) when an item's first byte is sent (turn latency stamps).
         self.on_first_send: Callable[[str, int], None] | None = None
+        #: Called with each audio payload as it is sent (the echo canceller's reference tap).
+        self.on_audio: Callable[[memoryview | bytes], None] | None = None
         #: Bytes sent in media messages and number of media messages, for metrics.
         self.bytes_sent = 0
         self.messages_sent = 0
@@ -177,6 +179,8 @@ class Pacer:
                 self.on_first_send(item.item_id, now)
             payload = item.take(n)
             emit(writer.media(payload))
+            if self.on_audio is not None:
+                self.on_audio(payload)
             ledger.sent(item.item_id, item.offset, n, now)
             item.offset += n
             queued += n
