@@ -104,7 +104,7 @@ class InboundJitter:
     def push(self, seq: int, payload: bytes) -> list[tuple[int, bytes, bool]]: ...
     def flush(self) -> list[tuple[int, bytes, bool]]: ...
 
-# --- echo cancellation (rtvoice.echo) ---------------------------------------------------------------------------
+# --- echo cancellation (rtvoice.echo) ---------------------------------------------------------------
 
 EC_NEAR_END: int
 EC_REF_ACTIVE: int
