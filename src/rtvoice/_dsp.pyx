@@ -1069,6 +1069,15 @@ from cpython.buffer cimport PyBUF_SIMPLE as _EC_SIMPLE, PyBUF_WRITABLE as _EC_WR
 from libc.math cimport sqrtf, fabsf, sqrt, log10
 from libc.string cimport memmove as _ec_memmove, memset as _ec_memset
 
+
+cdef int _ec_buf(object obj, Py_buffer *view, int flags, str what) except -1:
+    try:
+        _ec_getbuf(obj, view, flags)
+    except (BufferError, TypeError, ValueError) as exc:
+        raise ValueError(f"{what}: expected a {'writable ' if flags & _EC_WRITABLE else ''}C-contiguous "
+                         f"buffer of 160 int16 samples, got {type(obj).__name__}: {exc}") from None
+    return 0
+
 cdef extern from * nogil:
     """
     /* echo canceller kernels: dot product and axpy on float32 with GCC/Clang vector extensions (SSE2/NEON
@@ -1144,7 +1153,7 @@ cdef class EchoCancellerCore:
     cdef double pm, pr
     cdef float lam
     # double-talk detector state
-    cdef readonly double g_max, g_al, noise, dt_ratio
+    cdef readonly double g_max, g_al, noise, dt_ratio, bg
     cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt, ref_frames
     cdef readonly double conf
     cdef double s_ed, s_ee
@@ -1206,6 +1215,7 @@ cdef class EchoCancellerCore:
         self.g_al = 1.0
         self.n_al = 0
         self.noise = 0.0
+        self.bg = 0.0
         self.frames = 0
         self.ref_frames = 0
         self.dt_frames = 0
@@ -1231,15 +1241,41 @@ cdef class EchoCancellerCore:
         """The adaptive filter's taps in delay order (a new list; for tests and plots)."""
         return [self.h[self.taps - 1 - k] for k in range(self.taps)]
 
+    def skip(self, ref):
+        """A frame the caller's side lost: keep the reference timeline continuous (``ref`` is what played
+        meanwhile, 320 bytes), without adapting or deciding anything."""
+        cdef Py_buffer rv
+        cdef int i, n = _EC_FRAME, NR = self.nlag + _EC_BPF
+        cdef float v, xe = 0.0
+        cdef const int16_t *r
+        _ec_buf(ref, &rv, _EC_SIMPLE, "ref")
+        try:
+            if rv.len != 2 * _EC_FRAME:
+                raise ValueError(f"ref must be 320 bytes (160 int16 samples); got {rv.len}")
+            r = <const int16_t *>rv.buf
+            _ec_memmove(self.xbuf, self.xbuf + n, (self.xlen - n) * sizeof(float))
+            for i in range(n):
+                v = r[i]
+                self.xbuf[self.xlen - n + i] = v
+                xe += v * v
+            self.eref[self.ref_i] = xe
+            self.ref_i = (self.ref_i + 1) % self.nref
+            # no envelope for the lost mic frame: the reference envelope still advances, mic side is neutral
+            _ec_memmove(self.renv, self.renv + _EC_BPF, (NR - _EC_BPF) * sizeof(float))
+            for i in range(_EC_BPF):
+                self.renv[NR - _EC_BPF + i] = 0.0
+        finally:
+            _ec_release(&rv)
+
     def process(self, mic, ref, out):
         """Cancel one frame; returns the ``EC_*`` flag bits."""
         cdef Py_buffer mv, rv, ov
         cdef int flags
-        _ec_getbuf(mic, &mv, _EC_SIMPLE)
+        _ec_buf(mic, &mv, _EC_SIMPLE, "mic")
         try:
-            _ec_getbuf(ref, &rv, _EC_SIMPLE)
+            _ec_buf(ref, &rv, _EC_SIMPLE, "ref")
             try:
-                _ec_getbuf(out, &ov, _EC_SIMPLE | _EC_WRITABLE)
+                _ec_buf(out, &ov, _EC_SIMPLE | _EC_WRITABLE, "out")
                 try:
                     if mv.len != 2 * _EC_FRAME or rv.len != 2 * _EC_FRAME or ov.len != 2 * _EC_FRAME:
                         raise ValueError(f"mic, ref and out must be 320 bytes (160 int16 samples); got "
@@ -1352,6 +1388,12 @@ cdef class EchoCancellerCore:
                 if xs < 0.0:
                     xs = 0.0
         ex /= L
+        if ee > ed:
+            # the filter makes things worse (it has not converged yet, or the path changed): pass the mic
+            # signal through rather than add a wrong echo estimate to it
+            for i in range(n):
+                e1[i] = d[i]
+            ee = ed
         self.last_ed = ed
         self.last_ee = ee
         self.last_ey = ey
@@ -1364,6 +1406,7 @@ cdef class EchoCancellerCore:
             self.noise *= 1.01
         if self.noise < n * 25.0:
             self.noise = n * 25.0
+        pred = 0.0
         if not ref_active:
             nearend = 1
         else:
@@ -1373,6 +1416,10 @@ cdef class EchoCancellerCore:
                 pred = self.g_max * xmax
             # (plus an absolute floor, rms 50 = -56 dBFS: a frame that quiet is never the caller barging in)
             nearend = ee > self.dt_ratio * pred + 3.0 * self.noise + n * 2500.0
+            # ... and louder than the recent background (echo residue + noise, babble included) by the same
+            # margin: a burst of background voices is not the caller
+            if nearend and ee <= self.dt_ratio * self.bg:
+                nearend = 0
             rr = ee - self.noise
             if rr < 0.0:
                 rr = 0.0
@@ -1382,19 +1429,24 @@ cdef class EchoCancellerCore:
                 # (slower still until the reference has played for longer than the longest echo delay: before
                 # that, a quiet microphone may only mean that the echo has not arrived yet)
                 fall = 0.15 if self.ref_frames > self.nref else 0.05
-                rr = rr / xmax
-                self.g_max += (0.3 if rr > self.g_max else fall) * (rr - self.g_max)
-                if self.locked and ex > n * 900.0:
+                # (a gain is only learned from frames where the reference is loud, rms >= 300: with a quiet
+                # reference the ratio measures the noise, not the echo path)
+                if xmax > n * 90000.0:
+                    rr = rr / xmax
+                    self.g_max += (0.15 if rr > self.g_max else fall) * (rr - self.g_max)
+                if self.locked and ex > n * 90000.0:
                     rr = (ee - self.noise) / ex
-                    self.g_al += (0.3 if rr > self.g_al else fall) * (rr - self.g_al)
+                    self.g_al += (0.15 if rr > self.g_al else fall) * (rr - self.g_al)
                     self.n_al += 1
                 self.s_ed = 0.95 * self.s_ed + ed
                 self.s_ee = 0.95 * self.s_ee + ee
             else:
                 # a slow leak upwards so that a sudden echo path change cannot lock the detector forever
-                self.g_max += 0.003 * (rr / xmax - self.g_max)
-                if self.locked and ex > n * 900.0:
-                    self.g_al += 0.003 * (rr / ex - self.g_al)
+                # (+0.3 % per frame, about +1.3 dB/s, however loud the caller is)
+                if rr > self.g_max * xmax:
+                    self.g_max *= 1.003
+                if self.locked and rr > self.g_al * ex:
+                    self.g_al *= 1.003
                 self.dt_frames += 1
             if self.g_max < 0.003:
                 self.g_max = 0.003
@@ -1404,6 +1456,14 @@ cdef class EchoCancellerCore:
                 self.g_max = 4.0
             if self.g_al > 4.0:
                 self.g_al = 4.0
+        # background level: mean residual energy of the frames that are not the caller (time constant ~1 s),
+        # learned before the bot speaks too. Frames far above it (an unconverged echo, a caller the detector
+        # missed) move it only slowly, and never while no echo is possible (that is the caller's own turn).
+        if self.bg <= 0.0 or ee < 2.0 * self.bg:
+            if not nearend or not ref_active:
+                self.bg += 0.05 * (ee - self.bg)
+        elif ref_active and not nearend:
+            self.bg += 0.005 * (ee - self.bg)
         if ref_active and nearend:
             self.since_dt = 0
         else:

@@ -425,11 +425,24 @@ def _configure_dsp(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
+def _configure_quality(p: argparse.ArgumentParser) -> None:
+    from rtvoice import bench_quality
+
+    bench_quality.configure(p)
+
+
+def _run_quality_command(args: argparse.Namespace) -> int:
+    from rtvoice import bench_quality
+
+    return bench_quality.run(args)
+
+
 #: suite name -> (configure(parser), run(args) -> exit code, help). Later issues add "load" and "quality".
 SUITES: dict[
     str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
 ] = {
     "dsp": (_configure_dsp, _run_dsp_command, "per-frame audio core against audioop/numpy/soxr (default)"),
+    "quality": (_configure_quality, _run_quality_command, "barge-in under echo: vad/ignore-3s/echo-aware"),
 }
 
 DEFAULT_SUITE = "dsp"

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from rtvoice.call.ledger import PlaybackLedger
 
 FRAME = 160  # samples (and μ-law bytes) per 20 ms frame
+FRAME_MS = 20
+#: inbound gaps longer than this (frames) are not replayed into the canceller: the stream stalled
+MAX_SKIP_FRAMES = 25
 #: EchoCanceller.process flag bits
 NEAR_END = 1
 REF_ACTIVE = 2
@@ -57,6 +60,11 @@ class EchoCanceller:
     def process(self, mic: _dsp.BufferLike, ref: _dsp.BufferLike, out: _dsp.BufferLike) -> int:
         """Cancel the echo in one frame (no allocation; the arithmetic runs without the GIL)."""
         return int(self._core.process(mic, ref, out))
+
+    def skip(self, ref: _dsp.BufferLike) -> None:
+        """A lost inbound frame: advance the reference timeline by ``ref`` (what played meanwhile) so that the
+        echo delay stays aligned; nothing is adapted or decided."""
+        self._core.skip(ref)
 
     def reset(self) -> None:
         """Forget the learned echo path (a new call)."""
@@ -94,9 +102,10 @@ class ReferenceTap:
     :meth:`sent` is the pacer's ``on_audio`` hook (called in send order, so the ring's write position always
     equals ``ledger.sent_pos``). :meth:`played_frame` is called once per inbound frame and decodes the 20 ms
     of bot audio the ledger says played since the previous frame (silence where nothing played). The read
-    cursor advances 160 bytes per frame while audio plays rather than following every correction of the ledger's
-    estimate (a mark echo moves it by a few ms): the canceller's delay estimator absorbs a fixed offset, but
-    not a reference that jumps back and forth. It resynchronises after a clear or a drift of more than 60 ms.
+    cursor advances 160 bytes per frame while audio plays rather than following every correction of the
+    ledger's estimate (a mark echo moves it by a few ms): the canceller's delay estimator absorbs a fixed
+    offset, but not a reference that jumps back and forth. It resynchronises after a clear or a drift of more
+    than 60 ms.
     """
 
     __slots__ = ("_cursor", "_epoch", "_frame", "_ring", "_written", "pcm")
@@ -204,6 +213,7 @@ class EchoAwareGate:
         self._recent = 0  # near-end flags of the last frames, newest in bit 0
         self._echo_only = 0  # frames with audible echo and no caller, newest in bit 0
         self._primed = False  # any bot audio sent yet (until then the canceller has nothing to do)
+        self._last_now = 0
         #: frames processed / with double talk while bot audio could echo
         self.frames = 0
         self.double_talk_frames = 0
@@ -211,11 +221,18 @@ class EchoAwareGate:
     def frame(self, pcm: memoryview, now: int, bot_active: bool) -> memoryview:
         """Cancel echo in one decoded inbound frame (the 20 ms ending at ``now``); returns the frame for the
         VAD (valid until the next call)."""
+        last, self._last_now = self._last_now, now
         if not self._primed:
             if self.tap._written == 0:
                 self._recent = (self._recent << 1 | 1) & 0xFF
                 return pcm
             self._primed = True
+        elif now - last > FRAME_MS:
+            # frames lost on the way in (the call fills them with silence for the agent): the canceller's
+            # reference must still advance by what played meanwhile, or the echo delay slips by 20 ms per loss
+            missing = min((now - last) // FRAME_MS - 1, MAX_SKIP_FRAMES)
+            for i in range(missing, 0, -1):
+                self.canceller.skip(self.tap.played_frame(self.ledger, now - i * FRAME_MS))
         ref = self.tap.played_frame(self.ledger, now)
         flags = self.canceller.process(pcm, ref, self._out)
         near = flags & NEAR_END

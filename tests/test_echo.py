@@ -1,0 +1,182 @@
+"""Echo canceller (compiled core + façade), reference tap, barge-in gates and the policy setting."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pytest
+
+from rtvoice.audio import ulaw_decode
+from rtvoice.bench_quality import Scenario, run_scenario
+from rtvoice.call.ledger import PlaybackLedger
+from rtvoice.config import ConfigError, Settings
+from rtvoice.echo import (
+    LOCKED,
+    NEAR_END,
+    REF_ACTIVE,
+    EchoAwareGate,
+    EchoCanceller,
+    IgnoreFirstGate,
+    ReferenceTap,
+    VadGate,
+    make_gate,
+)
+from rtvoice.sim.line import LineConfig, LineModel
+
+FIX = resources.files("rtvoice") / "fixtures"
+BOT = b"".join((FIX / f"{n}.ulaw").read_bytes() for n in ("hours", "manager", "close", "book"))
+CALLER = (FIX / "yes.ulaw").read_bytes()
+SILENT = b"\xff" * 160
+
+
+def run_line(
+    cfg: LineConfig, caller_at: int | None = None, frames: int = 400
+) -> tuple[EchoCanceller, list[int], list[tuple[float, float]]]:
+    """Bot speech from t=0 (the reference is perfectly aligned with playback); the caller says "yes please"
+    from frame ``caller_at``. Returns the canceller, flags per frame and (mic, residual) energies."""
+    line = LineModel(cfg)
+    ec = EchoCanceller()
+    out = np.zeros(160, dtype=np.int16)
+    flags: list[int] = []
+    energies: list[tuple[float, float]] = []
+    n_caller = len(CALLER) // 160
+    for k in range(frames):
+        if caller_at is not None and caller_at <= k < caller_at + n_caller:
+            speech = CALLER[(k - caller_at) * 160 : (k - caller_at + 1) * 160]
+        else:
+            speech = SILENT
+        mic = np.asarray(ulaw_decode(line.mic_frame(speech, BOT, k * 20)), dtype=np.int16)
+        ref = np.asarray(ulaw_decode(BOT[k * 160 : (k + 1) * 160]), dtype=np.int16)
+        flags.append(ec.process(mic, ref, out))
+        energies.append(ec.last_energies)
+    return ec, flags, energies
+
+
+@pytest.mark.parametrize("delay_ms", [20, 120, 300])
+def test_finds_the_echo_delay_and_converges_within_a_second(delay_ms: int) -> None:
+    ec, flags, energies = run_line(LineConfig(echo_delay_ms=delay_ms, erl_db=6.0, path_variation=0.2, seed=1))
+    assert ec.locked and flags[-1] & LOCKED
+    assert abs(ec.delay_ms - delay_ms) <= 3.0  # the bulk delay lands just before the direct path
+    # ERLE over the second second of bot speech (1-2 s after the echo starts)
+    start = (delay_ms + 1000) // 20
+    ed = sum(e[0] for e in energies[start : start + 50])
+    ee = sum(e[1] for e in energies[start : start + 50])
+    assert 10 * np.log10(ed / ee) > 15.0
+    # echo-only frames are never taken for the caller
+    assert not any(f & NEAR_END and f & REF_ACTIVE for f in flags[5:])
+
+
+def test_detects_the_caller_over_the_echo() -> None:
+    _, flags, _ = run_line(LineConfig(echo_delay_ms=200, erl_db=6.0, seed=2), caller_at=150, frames=220)
+    caller = flags[150 : 150 + len(CALLER) // 160]
+    assert sum(1 for f in caller if f & NEAR_END) >= len(caller) // 3
+    assert not any(f & NEAR_END for f in flags[10:150])
+
+
+def test_output_is_echo_reduced_and_silent_frames_pass() -> None:
+    ec = EchoCanceller()
+    out = bytearray(320)
+    # nothing played: no echo possible, everything passes as the caller, unchanged
+    mic = (np.arange(160, dtype=np.int16) * 50) - 4000
+    flags = ec.process(mic, np.zeros(160, dtype=np.int16), out)
+    assert flags & NEAR_END and not flags & REF_ACTIVE
+    assert bytes(out) == mic.tobytes()
+
+
+def test_lost_frames_keep_the_reference_aligned() -> None:
+    ec = EchoCanceller()
+    out = np.zeros(160, dtype=np.int16)
+    line = LineModel(LineConfig(echo_delay_ms=100, erl_db=6.0, seed=4))
+    for k in range(250):
+        mic = np.asarray(ulaw_decode(line.mic_frame(SILENT, BOT, k * 20)), dtype=np.int16)
+        ref = np.asarray(ulaw_decode(BOT[k * 160 : (k + 1) * 160]), dtype=np.int16)
+        if k % 37 == 36:
+            ec.skip(ref)  # this frame never arrived
+            continue
+        flags = ec.process(mic, ref, out)
+        assert not (k > 10 and flags & NEAR_END and flags & REF_ACTIVE), k
+    assert abs(ec.delay_ms - 100) <= 3
+
+
+def test_bad_buffers_and_parameters_raise_value_error() -> None:
+    ec = EchoCanceller()
+    ok = bytearray(320)
+    with pytest.raises(ValueError):
+        ec.process(bytearray(318), ok, bytearray(320))
+    with pytest.raises(ValueError):
+        ec.process(ok, ok, bytearray(100))
+    with pytest.raises(ValueError):
+        ec.process(ok, ok, bytes(320))  # read-only out
+    with pytest.raises(ValueError):
+        ec.skip(bytearray(10))
+    with pytest.raises(ValueError):
+        EchoCanceller(taps=12)
+    with pytest.raises(ValueError):
+        EchoCanceller(max_delay_ms=5)
+    with pytest.raises(ValueError):
+        EchoCanceller(mu=0.0)
+
+
+def test_reset_forgets_the_echo_path() -> None:
+    ec, _, _ = run_line(LineConfig(echo_delay_ms=60, erl_db=0.0), frames=120)
+    assert ec.locked and any(abs(t) > 0.01 for t in ec.taps)
+    ec.reset()
+    assert not ec.locked and all(t == 0.0 for t in ec.taps) and ec.erle_db == 0.0
+
+
+def test_reference_tap_follows_the_ledger_and_skips_discarded_audio() -> None:
+    ledger = PlaybackLedger(60)
+    tap = ReferenceTap()
+    audio = bytes(range(0, 256)) * 10  # 2560 bytes = 320 ms, distinct codes
+    tap.sent(audio[:1600])  # 200 ms sent at t=0
+    ledger.sent("a", 0, 1600, 0)
+    frame = np.asarray(tap.played_frame(ledger, 20), dtype=np.int16)
+    assert frame.tobytes() == np.asarray(ulaw_decode(audio[:160]), dtype=np.int16).tobytes()
+    frame = np.asarray(tap.played_frame(ledger, 40), dtype=np.int16)
+    assert frame.tobytes() == np.asarray(ulaw_decode(audio[160:320]), dtype=np.int16).tobytes()
+    # a clear at 60 ms: the rest of the 200 ms was discarded; silence follows
+    ledger.clear(60)
+    tap.played_frame(ledger, 60)
+    frame = np.asarray(tap.played_frame(ledger, 80), dtype=np.int16)
+    assert not frame.any() or np.abs(frame).max() <= 8  # μ-law 0xFF decodes to 0
+
+
+def test_ignore_first_gate_refuses_the_first_three_seconds_of_each_turn() -> None:
+    gate = IgnoreFirstGate(3000)
+    pcm = memoryview(bytearray(320)).cast("h")
+    gate.frame(pcm, 1000, True)
+    assert not gate.allow("vad", 2900, 3000)
+    gate.frame(pcm, 4000, True)
+    assert gate.allow("vad", 3900, 4000)
+    gate.frame(pcm, 4020, False)  # the turn ended; the next one starts the clock again
+    gate.frame(pcm, 5000, True)
+    assert not gate.allow("vad", 5500, 5600)
+
+
+def test_make_gate_and_the_policy_setting() -> None:
+    ledger = PlaybackLedger(60)
+    assert isinstance(make_gate("echo-aware", ledger), EchoAwareGate)
+    assert isinstance(make_gate("vad", ledger), VadGate)
+    assert isinstance(make_gate("ignore-first-3s", ledger), IgnoreFirstGate)
+    with pytest.raises(ValueError):
+        make_gate("psychic", ledger)
+    assert Settings.from_env({}, dotenv=None).bargein_policy == "echo-aware"
+    env = {"RTVOICE_BARGEIN_POLICY": "VAD"}
+    assert Settings.from_env(env, dotenv=None).bargein_policy == "vad"
+    with pytest.raises(ConfigError, match="RTVOICE_BARGEIN_POLICY"):
+        Settings.from_env({"RTVOICE_BARGEIN_POLICY": "never"}, dotenv=None)
+
+
+def test_call_with_echo_aware_gate_ignores_its_own_echo_but_hears_the_caller() -> None:
+    # the real Call + simulated Twilio playout + line model (one scenario of the quality benchmark)
+    quiet = Scenario(delay_ms=250, erl_db=6, noise="none", snr_db=30, barge_ms=None, seed=1, loss_rate=0.0)
+    assert run_scenario(quiet, "vad").false_barge_in  # the plain VAD interrupts itself
+    echo = run_scenario(quiet, "echo-aware")
+    assert not echo.clears
+    assert echo.erle_db is not None and echo.erle_db > 15
+    barge = Scenario(delay_ms=250, erl_db=6, noise="white", snr_db=20, barge_ms=2000, seed=2, loss_rate=0.0)
+    out = run_scenario(barge, "echo-aware")
+    assert not out.false_barge_in and not out.missed
+    assert out.reaction_ms is not None and out.reaction_ms <= 200
+    assert out.truncation_error_ms is not None and out.truncation_error_ms <= 20
