@@ -425,6 +425,18 @@ def _configure_dsp(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
+def _configure_load(p: argparse.ArgumentParser) -> None:
+    from rtvoice import bench_load
+
+    bench_load.configure(p)
+
+
+def _run_load_command(args: argparse.Namespace) -> int:
+    from rtvoice import bench_load
+
+    return bench_load.run(args)
+
+
 def _configure_quality(p: argparse.ArgumentParser) -> None:
     from rtvoice import bench_quality
 
@@ -443,6 +455,7 @@ SUITES: dict[
 ] = {
     "dsp": (_configure_dsp, _run_dsp_command, "per-frame audio core against audioop/numpy/soxr (default)"),
     "quality": (_configure_quality, _run_quality_command, "barge-in under echo: vad/ignore-3s/echo-aware"),
+    "load": (_configure_load, _run_load_command, "calls per core: simulated calls against one server core"),
 }
 
 DEFAULT_SUITE = "dsp"

@@ -1,0 +1,957 @@
+"""``python -m rtvoice bench load``: how many concurrent calls one core carries.
+
+Three kinds of processes, pinned with ``os.sched_setaffinity``:
+
+- the server, ``python -m rtvoice serve --workers 1`` with ``RTVOICE_LOAD_PROBE=1``, alone on core 0
+  (``--server-core``);
+- behind it, for the ``openai`` modes, the OpenAI Realtime emulator (``python -m rtvoice emulate openai``) on
+  the other core; the ``echo`` mode needs no vendor;
+- the load generator(s) (this module's ``gen`` entry point), also on the other core.
+
+The generator is the simulated Twilio reduced to its media pump, so that one process can drive hundreds of
+calls: each call does what :class:`rtvoice.sim.twilio.SimulatedCall` does on the wire (the signed-off webhook
+POST with :class:`rtvoice.sim.twilio._Http`, the TwiML parsed with
+:func:`rtvoice.twilio.twiml.parse_stream_twiml`, the upgrade with Twilio's headers, ``connected``, ``start``
+with the TwiML's ``<Parameter>``s, one ``media`` message every 20 ms, ``mark`` echoed once the audio queued
+before it has played, every pending mark returned on ``clear``, ``stop`` at the end), but all calls of a
+process share one asyncio ``Protocol`` class and one ticker: no task per call, no websockets client, media
+messages built with ``bytes %`` from base64 precomputed once, client frames masked with the all-zero key
+(legal in RFC 6455 and free to apply). The calls are spread evenly over the 20 ms frame period (one slot per
+millisecond), as real Twilio streams are, so the server sees a steady rate, not bursts. Each caller loops a
+fixture utterance and silence from a random offset, so VAD, barge-in and replies all run.
+
+Per step of the ramp (N calls) the driver connects the calls, lets them settle, then over a measurement
+window reads: the server's latency probe (:mod:`rtvoice.loadprobe`: event-loop wait + per-frame processing),
+the server's CPU time and RSS from ``/proc``, the generator's own lateness, and afterwards the server's frame
+counters: every frame the generators sent must have been received (``rtvoice_frames_in_total``), and
+``rtvoice_frames_dropped_total`` / ``rtvoice_frames_late_total`` must not move. A step passes when the p99 of
+server-added latency is <= ``--budget-ms`` (5) with no drops and no lost connection. A step where the
+generator itself fell behind (its send lateness p99 over 5 ms) is reported as generator-limited, not as a
+server result. The figure per mode is the largest passing N.
+
+Output (``--out``, default ``bench-load/``): ``load.md`` (the table), ``load.png`` (latency percentiles and
+CPU against calls), ``load.json`` (all rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+FRAME_S = 0.020
+SLOTS = 20  # one slot per ms of the 20 ms frame period
+MODES = ("echo", "pcmu", "pcm")
+MODE_ENV: dict[str, dict[str, str]] = {
+    "echo": {"RTVOICE_AGENT": "echo"},
+    "pcmu": {"RTVOICE_AGENT": "openai", "OPENAI_AUDIO_FORMAT": "pcmu"},
+    "pcm": {"RTVOICE_AGENT": "openai", "OPENAI_AUDIO_FORMAT": "pcm"},
+}
+MODE_TITLE = {
+    "echo": "echo agent",
+    "pcmu": "openai, pcmu pass-through + local VAD",
+    "pcm": "openai, pcm 24 kHz (transcoding + VAD)",
+}
+AUTH_TOKEN = "loadbench-auth-token"
+ACCOUNT_SID = "AC" + "0" * 32
+#: Generator send lateness (p99, ms) above which a failed step is called generator-limited (a frame period).
+GEN_LATE_LIMIT_MS = 20.0
+
+
+# --- the generator (runs in its own process) ---------------------------------------------------------------
+
+
+def _client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One client WebSocket frame, FIN set, masked with the zero key (masking is then the identity)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0xFE)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0xFF)) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+def _caller_loop() -> list[bytes]:
+    """Base64 of each 20 ms frame of the caller's loop: a fixture utterance, then 3 s of silence."""
+    from importlib import resources
+
+    try:
+        speech = resources.files("rtvoice").joinpath("fixtures/book.ulaw").read_bytes()
+    except OSError:
+        speech = b""
+    audio = speech + b"\xff" * 24000
+    audio += b"\xff" * (-len(audio) % 160)
+    return [base64.b64encode(audio[i : i + 160]) for i in range(0, len(audio), 160)]
+
+
+MEDIA_FMT = (
+    b'{"event":"media","sequenceNumber":"%d","streamSid":"%s","media":{"track":"inbound",'
+    b'"chunk":"%d","timestamp":"%d","payload":"%s"}}'
+)
+MARK_FMT = b'{"event":"mark","sequenceNumber":"%d","streamSid":"%s","mark":{"name":"%s"}}'
+
+
+@dataclass
+class GenStats:
+    """What one generator process saw during the measurement window (and in total)."""
+
+    calls: int = 0
+    connected: int = 0
+    connect_failed: int = 0
+    frames_sent_total: int = 0
+    frames_sent: int = 0
+    late_frames: int = 0
+    lag_samples: list[float] = field(default_factory=list)
+    media_received: int = 0
+    marks_echoed: int = 0
+    clears: int = 0
+    lost: int = 0
+    close_codes: dict[str, int] = field(default_factory=dict)
+
+
+class LoadCall(asyncio.Protocol):
+    """One call's Media Stream, from the caller's side (see the module docstring)."""
+
+    def __init__(self, gen: Generator, stream_sid: bytes, offset: int) -> None:
+        self.gen = gen
+        self.sid = stream_sid
+        self.frame = offset  # index into the caller loop
+        self.chunk = 0
+        self.seq = 0
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.handshake = asyncio.get_running_loop().create_future()
+        self.upgraded = False
+        self.play_end = 0.0
+        self.pending: deque[tuple[float, bytes]] = deque()
+        self.closed = False
+        self.stopping = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed and not self.stopping:
+            self.gen.stats.lost += 1
+        self.closed = True
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError("closed during the handshake"))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end])
+            del buf[: end + 4]
+            if not head.startswith(b"HTTP/1.1 101"):
+                self.handshake.set_exception(ConnectionError(head.split(b"\r\n", 1)[0].decode("latin-1")))
+                return
+            self.upgraded = True
+            self.handshake.set_result(None)
+        stats = self.gen.stats
+        pos = 0
+        n = len(buf)
+        while n - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1] & 0x7F
+            hl = 2
+            if b1 == 126:
+                if n - pos < 4:
+                    break
+                b1 = (buf[pos + 2] << 8) | buf[pos + 3]
+                hl = 4
+            elif b1 == 127:
+                if n - pos < 10:
+                    break
+                b1 = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                hl = 10
+            if n - pos < hl + b1:
+                break
+            start = pos + hl
+            pos = start + b1
+            opcode = b0 & 0x0F
+            if opcode == 0x1:
+                # rtvoice's messages start with {"event":"media"|"mark"|"clear" (fixed templates)
+                kind = buf[start + 10 : start + 14]
+                if kind == b"medi":
+                    stats.media_received += 1
+                    now = self.gen.now()
+                    self.play_end = (self.play_end if self.play_end > now else now) + FRAME_S
+                elif kind == b"mark":
+                    body = bytes(buf[start:pos])
+                    i = body.find(b'"name":"') + 8
+                    self.pending.append((self.play_end, body[i : body.index(b'"', i)]))
+                elif kind == b"clea":
+                    stats.clears += 1
+                    self.play_end = self.gen.now()
+                    while self.pending:
+                        self._echo(self.pending.popleft()[1])
+            elif opcode == 0x8:
+                code = str((buf[start] << 8) | buf[start + 1]) if b1 >= 2 else "none"
+                stats.close_codes[code] = stats.close_codes.get(code, 0) + 1
+                if not self.stopping:
+                    stats.lost += 1
+                self.closed = True
+                if self.transport is not None:
+                    self.transport.close()
+                break
+        del buf[:pos]
+
+    # --- sending
+    def _echo(self, name: bytes) -> None:
+        self.seq += 1
+        self._send(MARK_FMT % (self.seq, self.sid, name))
+        self.gen.stats.marks_echoed += 1
+
+    def _send(self, payload: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(_client_frame(payload))
+
+    def tick(self, now: float) -> None:
+        """Send this call's next media frame and echo the marks whose audio has played by now."""
+        pending = self.pending
+        while pending and pending[0][0] <= now:
+            self._echo(pending.popleft()[1])
+        loop_frames = self.gen.frames
+        self.seq += 1
+        self.chunk += 1
+        payload = loop_frames[self.frame % len(loop_frames)]
+        self.frame += 1
+        self._send(MEDIA_FMT % (self.seq, self.sid, self.chunk, (self.chunk - 1) * 20, payload))
+
+
+class Generator:
+    """Many :class:`LoadCall` s, one ticker (see the module docstring)."""
+
+    def __init__(self, base_url: str, n_calls: int, connect_concurrency: int = 32) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.n_calls = n_calls
+        self.connect_concurrency = connect_concurrency
+        self.frames = _caller_loop()
+        self.stats = GenStats(calls=n_calls)
+        self.slots: list[list[LoadCall]] = [[] for _ in range(SLOTS)]
+        self.calls: list[LoadCall] = []
+        self.measuring = False
+        self._stop = False
+        self.now = time.monotonic
+
+    async def _open_call(self, index: int, sem: asyncio.Semaphore) -> None:
+        from rtvoice.sim.twilio import _Http
+        from rtvoice.twilio.twiml import parse_stream_twiml
+
+        async with sem:
+            call_sid = "CA" + secrets.token_hex(16)
+            form = {
+                "AccountSid": ACCOUNT_SID,
+                "ApiVersion": "2010-04-01",
+                "CallSid": call_sid,
+                "CallStatus": "ringing",
+                "Called": "+15557654321",
+                "Caller": "+15551234567",
+                "Direction": "inbound",
+                "From": "+15551234567",
+                "To": "+15557654321",
+            }
+            try:
+                status, body = await _Http.post_form(self.base_url + "/incoming-call", form, [], 30.0)
+                if status != 200:
+                    raise ConnectionError(f"webhook {status}")
+                twiml = parse_stream_twiml(body)
+                parts = urlsplit(twiml.stream_url)
+                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                base = urlsplit(self.base_url)
+                host, port = base.hostname or "127.0.0.1", base.port or 80
+                loop = asyncio.get_running_loop()
+                sid = ("MZ" + secrets.token_hex(16)).encode()
+                call = LoadCall(self, sid, random.randrange(len(self.frames)))
+                await loop.create_connection(lambda: call, host, port)
+                key = base64.b64encode(secrets.token_bytes(16)).decode()
+                assert call.transport is not None
+                call.transport.write(
+                    (
+                        f"GET {target} HTTP/1.1\r\nHost: {base.netloc}\r\nUpgrade: websocket\r\n"
+                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                        "User-Agent: Twilio.TmeWs/1.0\r\n\r\n"
+                    ).encode()
+                )
+                await asyncio.wait_for(call.handshake, 30.0)
+            except Exception as exc:
+                self.stats.connect_failed += 1
+                print(f"gen: call {index} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return
+            call._send(b'{"event":"connected","protocol":"Call","version":"1.0.0"}')
+            call.seq = 1
+            start = {
+                "event": "start",
+                "sequenceNumber": "1",
+                "start": {
+                    "accountSid": ACCOUNT_SID,
+                    "streamSid": sid.decode(),
+                    "callSid": call_sid,
+                    "tracks": ["inbound"],
+                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                    "customParameters": dict(twiml.parameters),
+                },
+                "streamSid": sid.decode(),
+            }
+            call._send(json.dumps(start, separators=(",", ":")).encode())
+            self.calls.append(call)
+            self.slots[index % SLOTS].append(call)
+            self.stats.connected += 1
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        stats = self.stats
+        t0 = time.monotonic()
+        k = 0
+        while not self._stop:
+            due = t0 + k * (FRAME_S / SLOTS)
+            now = time.monotonic()
+            if due > now:
+                await asyncio.sleep(due - now)
+                now = time.monotonic()
+            lag = now - due
+            if lag > 0.5:  # hopelessly behind (e.g. the machine stalled): resync rather than burst
+                t0 += lag
+            group = self.slots[k % SLOTS]
+            for call in group:
+                call.tick(now)
+            sent = len(group)
+            stats.frames_sent_total += sent
+            if self.measuring and sent:
+                stats.frames_sent += sent
+                stats.lag_samples.append(lag * 1000)
+                if lag > FRAME_S:
+                    stats.late_frames += sent
+            k += 1
+            if k % 2000 == 0:
+                await asyncio.sleep(0)
+        del loop
+
+    async def run(self, commands: asyncio.Queue[str]) -> None:
+        sem = asyncio.Semaphore(self.connect_concurrency)
+        ticker = asyncio.create_task(self._ticker())
+        await asyncio.gather(*(self._open_call(i, sem) for i in range(self.n_calls)))
+        _emit({"ready": True, "connected": self.stats.connected, "failed": self.stats.connect_failed})
+        while True:
+            cmd = await commands.get()
+            if cmd == "measure":
+                self.stats.lag_samples.clear()
+                self.stats.frames_sent = self.stats.late_frames = 0
+                self.stats.media_received = self.stats.marks_echoed = 0
+                self.measuring = True
+            elif cmd == "window":
+                self.measuring = False
+                _emit({"window": self._window()})
+            elif cmd == "stop":
+                break
+        self._stop = True
+        await ticker
+        for call in self.calls:
+            call.stopping = True
+            call.seq += 1
+            call._send(
+                b'{"event":"stop","sequenceNumber":"%d","streamSid":"%s","stop":{"accountSid":"%s",'
+                b'"callSid":"CA0"}}' % (call.seq, call.sid, ACCOUNT_SID.encode())
+            )
+            if call.transport is not None and not call.closed:
+                call.transport.write(_close_payload())
+        await asyncio.sleep(1.0)
+        for call in self.calls:
+            if call.transport is not None:
+                call.transport.close()
+        _emit({"done": {"frames_sent_total": self.stats.frames_sent_total, "lost": self.stats.lost}})
+
+    def _window(self) -> dict[str, Any]:
+        s = self.stats
+        lags = sorted(s.lag_samples)
+        return {
+            "frames_sent": s.frames_sent,
+            "late_frames": s.late_frames,
+            "lag_p99_ms": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
+            "lag_max_ms": lags[-1] if lags else 0.0,
+            "media_received": s.media_received,
+            "marks_echoed": s.marks_echoed,
+            "clears": s.clears,
+            "lost": s.lost,
+            "connected": s.connected,
+            "close_codes": s.close_codes,
+        }
+
+
+def _close_payload() -> bytes:
+    # a close frame (opcode 8) with code 1000, masked with the zero key
+    return b"\x88\x82\0\0\0\0\x03\xe8"
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _gen_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m rtvoice.bench_load gen")
+    p.add_argument("--url", required=True)
+    p.add_argument("--calls", type=int, required=True)
+    args = p.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        commands: asyncio.Queue[str] = asyncio.Queue()
+
+        def on_stdin() -> None:
+            line = sys.stdin.readline()
+            commands.put_nowait(line.strip() or "stop")
+
+        loop.add_reader(sys.stdin.fileno(), on_stdin)
+        gen = Generator(args.url, args.calls)
+        await gen.run(commands)
+
+    asyncio.run(main())
+    return 0
+
+
+# --- the driver ---------------------------------------------------------------------------------------------
+
+
+def _pin(core: int | None) -> Any:
+    if core is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {core})
+
+    return pin
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def _proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def _http_get(url: str, timeout: float = 20.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
+        data: bytes = resp.read()
+        return data
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _counters(base: str) -> dict[str, float]:
+    text = _http_get(base + "/metrics").decode()
+    return {
+        k: _metric(text, "rtvoice_" + k)
+        for k in ("frames_in_total", "frames_out_total", "frames_dropped_total", "frames_late_total",
+                  "active_calls")
+    }
+
+
+@dataclass
+class Row:
+    """One step of the ramp."""
+
+    mode: str
+    calls: int
+    connected: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    wait_p99_ms: float
+    proc_p99_ms: float
+    frames_sent: int
+    dropped: int
+    late: int
+    lost: int
+    cpu_pct: float
+    rss_mb: float
+    rss_per_call_kb: float
+    vendor_cpu_pct: float
+    gen_cpu_pct: float
+    gen_lag_p99_ms: float
+    gc_max_ms: float
+    gc_gen2: int
+    media_out: int
+    marks: int
+    limit: str
+    passed: bool
+
+    @classmethod
+    def failed(cls, mode: str, calls: int, limit: str) -> Row:
+        """A step that could not be measured (e.g. the server stopped answering)."""
+        inf = float("inf")
+        return cls(mode, calls, 0, inf, inf, inf, inf, inf, 0, -1, -1, -1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                   0, 0, 0, limit, False)
+
+
+class _Proc:
+    def __init__(self, cmd: list[str], env: dict[str, str], core: int | None, pipe: bool = False) -> None:
+        self.p = subprocess.Popen(
+            cmd,
+            env=env,
+            preexec_fn=_pin(core),
+            stdin=subprocess.PIPE if pipe else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipe else subprocess.DEVNULL,
+            stderr=None if pipe else subprocess.DEVNULL,
+            text=True,
+        )
+
+    def send(self, line: str) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def read(self, key: str, timeout: float) -> dict[str, Any]:
+        assert self.p.stdout is not None
+        import select
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            r, _, _ = select.select([self.p.stdout], [], [], max(0.0, end - time.monotonic()))
+            if not r:
+                break
+            line = self.p.stdout.readline()
+            if not line:
+                raise RuntimeError(f"generator exited (rc={self.p.poll()})")
+            msg: dict[str, Any] = json.loads(line)
+            if key in msg:
+                return msg
+        raise TimeoutError(f"no {key!r} from the generator in {timeout:.0f} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+def _wait_http(url: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            _http_get(url, 2.0)
+            return
+        except Exception:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
+def _latency(snapshot: dict[str, Any]) -> tuple[float, float, float, float, float]:
+    from rtvoice import loadprobe as lp
+
+    lag = {int(k): v for k, v in snapshot["loop_lag"]["buckets"].items()}
+    proc = {int(k): v for k, v in snapshot["frame"]["buckets"].items()}
+    dist = lp.convolve(lag, proc)
+    p50 = lp.quantile_us(dist, 0.50) / 1000
+    p99 = lp.quantile_us(dist, 0.99) / 1000
+    mx = (snapshot["loop_lag"]["max_ns"] + snapshot["frame"]["max_ns"]) / 1e6
+    return p50, p99, mx, lp.percentile_us(lag, 0.99) / 1000, lp.percentile_us(proc, 0.99) / 1000
+
+
+class Scenario:
+    """One mode: a server (and emulator) started once, then the ramp."""
+
+    def __init__(self, mode: str, args: argparse.Namespace, workdir: Path) -> None:
+        self.mode = mode
+        self.args = args
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        env.update(MODE_ENV[mode])
+        env.update(
+            {
+                "RTVOICE_LOAD_PROBE": "1",
+                "RTVOICE_VALIDATE_SIGNATURES": "0",
+                "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+                "RTVOICE_LOG_LEVEL": "WARNING",
+                "RTVOICE_MAX_CONNECTIONS": "100000",
+                "RTVOICE_DB_PATH": str(workdir / f"calls-{mode}.db"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        self.vendor: _Proc | None = None
+        self.profiles: list[Path] = []
+        if mode != "echo":
+            vport = _free_port()
+            env["OPENAI_API_KEY"] = "sk-loadbench"
+            env["OPENAI_WEBSOCKET_BASE_URL"] = f"ws://127.0.0.1:{vport}/v1"
+            env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{vport}/v1"
+            self.vendor = _Proc(
+                [sys.executable, "-m", "rtvoice", "emulate", "openai", "--port", str(vport)],
+                dict(os.environ),
+                args.other_core,
+            )
+        self.server = _Proc(
+            [sys.executable, "-m", "rtvoice", "serve", "--workers", "1", "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            env,
+            args.server_core,
+        )
+        _wait_http(self.base + "/healthz")
+        _http_get(self.base + "/debug/latency?reset=1")  # arms the loop-lag timer
+        time.sleep(0.5)
+        self.rss_idle = _proc_rss_mb(self.server.p.pid)
+
+    def close(self) -> None:
+        self.server.stop()
+        if self.vendor is not None:
+            self.vendor.stop()
+
+    def _start_profile(self, n_calls: int) -> subprocess.Popen[bytes] | None:
+        if n_calls not in self.args.profile_at:
+            return None
+        path = Path(self.args.out) / f"profile-{self.mode}-{n_calls}.txt"
+        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--format", "raw",
+               "-r", "200", "-d", str(max(1, int(self.args.duration) - 1)), "-o", str(path),
+               "-p", str(self.server.p.pid)]
+        if self.args.native:
+            cmd.insert(2, "--native")
+        if self.args.threads:
+            cmd.insert(2, "--threads")
+        self.profiles.append(path)
+        return subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pin(self.args.other_core)
+        )
+
+    def step(self, n_calls: int) -> Row:
+        args = self.args
+        per = max(1, args.calls_per_generator)
+        sizes = [per] * (n_calls // per) + ([n_calls % per] if n_calls % per else [])
+        before = _counters(self.base)
+        gens = [
+            _Proc(
+                [sys.executable, "-m", "rtvoice.bench_load", "gen", "--url", self.base, "--calls", str(n)],
+                dict(os.environ),
+                args.other_core,
+                pipe=True,
+            )
+            for n in sizes
+        ]
+        try:
+            connected = sum(int(g.read("ready", 60 + n_calls / 10)["connected"]) for g in gens)
+            time.sleep(args.warmup)
+            gen_cpu0 = sum(_proc_cpu_s(g.p.pid) for g in gens)
+            vend_cpu0 = _proc_cpu_s(self.vendor.p.pid) if self.vendor else 0.0
+            cpu0, t0 = _proc_cpu_s(self.server.p.pid), time.monotonic()
+            _http_get(self.base + "/debug/latency?reset=1")
+            for g in gens:
+                g.send("measure")
+            spy = self._start_profile(n_calls)
+            time.sleep(args.duration)
+            if spy is not None:
+                spy.wait(args.duration + 30)
+            snap = json.loads(_http_get(self.base + "/debug/latency?reset=1"))
+            cpu1, t1 = _proc_cpu_s(self.server.p.pid), time.monotonic()
+            vend_cpu1 = _proc_cpu_s(self.vendor.p.pid) if self.vendor else 0.0
+            gen_cpu1 = sum(_proc_cpu_s(g.p.pid) for g in gens)
+            rss = _proc_rss_mb(self.server.p.pid)
+            for g in gens:
+                g.send("window")
+            windows = [g.read("window", 30)["window"] for g in gens]
+            for g in gens:
+                g.send("stop")
+            done = [g.read("done", 60)["done"] for g in gens]
+        finally:
+            for g in gens:
+                g.stop()
+        # let the server finish the calls, then count what arrived
+        end = time.monotonic() + 30
+        after = _counters(self.base)
+        while after["active_calls"] > 0 and time.monotonic() < end:
+            time.sleep(0.5)
+            after = _counters(self.base)
+        time.sleep(0.5)
+        after = _counters(self.base)
+        sent_total = sum(int(d["frames_sent_total"]) for d in done)
+        received = int(after["frames_in_total"] - before["frames_in_total"])
+        dropped = max(0, sent_total - received) + int(
+            after["frames_dropped_total"] - before["frames_dropped_total"]
+        )
+        late = int(after["frames_late_total"] - before["frames_late_total"])
+        lost = sum(int(w["lost"]) for w in windows) + (n_calls - connected)
+        p50, p99, mx, wait99, proc99 = _latency(snap)
+        wall = t1 - t0
+        gen_lag = max((float(w["lag_p99_ms"]) for w in windows), default=0.0)
+        row = Row(
+            mode=self.mode,
+            calls=n_calls,
+            connected=connected,
+            p50_ms=round(p50, 3),
+            p99_ms=round(p99, 3),
+            max_ms=round(mx, 3),
+            wait_p99_ms=round(wait99, 3),
+            proc_p99_ms=round(proc99, 3),
+            frames_sent=sum(int(w["frames_sent"]) for w in windows),
+            dropped=dropped,
+            late=late,
+            lost=lost,
+            cpu_pct=round(100 * (cpu1 - cpu0) / wall, 1),
+            rss_mb=round(rss, 1),
+            rss_per_call_kb=round(1024 * (rss - self.rss_idle) / max(1, n_calls), 1),
+            vendor_cpu_pct=round(100 * (vend_cpu1 - vend_cpu0) / wall, 1),
+            gen_cpu_pct=round(100 * (gen_cpu1 - gen_cpu0) / wall, 1),
+            gen_lag_p99_ms=round(gen_lag, 2),
+            gc_max_ms=round(snap["gc_pause"]["max_ns"] / 1e6, 2),
+            gc_gen2=int(snap["gc_gen2"]),
+            media_out=sum(int(w["media_received"]) for w in windows),
+            marks=sum(int(w["marks_echoed"]) for w in windows),
+            limit="",
+            passed=False,
+        )
+        ok_server = row.p99_ms <= args.budget_ms and row.dropped == 0 and row.lost == 0 and row.late == 0
+        # A failed step is blamed on whichever process could not keep up: the generator when its own sends
+        # ran a frame period late, the vendor emulator when it used its whole core, else the server. A step
+        # that passes while the generator lagged still counts: a late generator only makes the input burstier.
+        if not ok_server:
+            if gen_lag > GEN_LATE_LIMIT_MS and row.cpu_pct < 90:
+                row.limit = "generator"
+            elif row.vendor_cpu_pct > 90 and row.cpu_pct < 90:
+                row.limit = "vendor"
+            else:
+                row.limit = "server"
+        row.passed = ok_server
+        return row
+
+
+def profile_top(path: Path, n: int = 15) -> str:
+    """Top functions of a py-spy ``raw`` (collapsed stacks) profile: self % and total % of samples."""
+    self_: dict[str, int] = {}
+    total_: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        c = int(count)
+        samples += c
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")"
+                  if " (" in f else f for f in stack.split(";")]
+        self_[frames[-1]] = self_.get(frames[-1], 0) + c
+        for f in set(frames):
+            total_[f] = total_.get(f, 0) + c
+    if not samples:
+        return "(no samples)\n"
+    out = [f"{samples} samples", "| self % | total % | function |", "|---:|---:|---|"]
+    for name, c in sorted(self_.items(), key=lambda kv: -kv[1])[:n]:
+        out.append(f"| {100 * c / samples:.1f} | {100 * total_[name] / samples:.1f} | `{name}` |")
+    return "\n".join(out) + "\n"
+
+
+def format_table(rows: list[Row]) -> str:
+    head = (
+        "| mode | calls | p50 ms | p99 ms | max ms | wait p99 | proc p99 | dropped | late | lost "
+        "| server CPU % | RSS MB | RSS/call KB | vendor CPU % | gen CPU % | gen lag p99 ms "
+        "| GC max ms (gen2) "
+        "| pass |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    )
+    lines = [
+        f"| {r.mode} | {r.calls} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} | {r.wait_p99_ms:.2f} "
+        f"| {r.proc_p99_ms:.2f} | {r.dropped} | {r.late} | {r.lost} | {r.cpu_pct:.0f} | {r.rss_mb:.0f} "
+        f"| {r.rss_per_call_kb:.0f} | {r.vendor_cpu_pct:.0f} | {r.gen_cpu_pct:.0f} | {r.gen_lag_p99_ms:.1f} "
+        f"| {r.gc_max_ms:.1f} ({r.gc_gen2}) "
+        f"| {'yes' if r.passed else 'no (' + (r.limit or 'budget') + ')'} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def calls_per_core(rows: list[Row]) -> dict[str, int]:
+    """Largest passing call count per mode (0 if none passed)."""
+    out: dict[str, int] = {}
+    for r in rows:
+        out.setdefault(r.mode, 0)
+        if r.passed:
+            out[r.mode] = max(out[r.mode], r.calls)
+    return out
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for mode in MODES:
+        rs = [r for r in rows if r.mode == mode]
+        if not rs:
+            continue
+        xs = [r.calls for r in rs]
+        (line,) = ax1.plot(xs, [r.p99_ms for r in rs], "o-", label=f"{mode} p99")
+        ax1.plot(xs, [r.p50_ms for r in rs], "s--", color=line.get_color(), alpha=0.6, label=f"{mode} p50")
+        ax1.plot(xs, [r.max_ms for r in rs], ":", color=line.get_color(), alpha=0.4, label=f"{mode} max")
+        ax2.plot(xs, [r.cpu_pct for r in rs], "o-", color=line.get_color(), label=f"{mode} server")
+    ax1.axhline(5.0, color="red", lw=0.8, label="5 ms budget")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("concurrent calls (one server core)")
+    ax1.set_ylabel("server-added latency per frame, ms")
+    ax1.legend(fontsize=7)
+    ax2.axhline(100.0, color="gray", lw=0.8)
+    ax2.set_xlabel("concurrent calls")
+    ax2.set_ylabel("server CPU, % of one core")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_load(args: argparse.Namespace) -> list[Row]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[Row] = []
+    for mode in args.modes:
+        ramps: dict[str, list[int]] = (
+            args.ramp if isinstance(args.ramp, dict) else {"default": list(args.ramp)}
+        )
+        ramp = ramps.get(mode, ramps["default"])
+        sc = Scenario(mode, args, out)
+        try:
+            for n in ramp:
+                try:
+                    row = sc.step(n)
+                except (OSError, TimeoutError, RuntimeError) as exc:
+                    # an overloaded server stops answering its own /metrics within the timeout: a failed step
+                    print(f"{mode} {n} calls: step failed: {type(exc).__name__}: {exc}", flush=True)
+                    row = Row.failed(mode, n, "server (unresponsive)")
+                    rows.append(row)
+                    break
+                rows.append(row)
+                print(format_table([row]).splitlines()[-1], flush=True)
+                if not row.passed and not args.keep_going:
+                    break
+        finally:
+            sc.close()
+        for path in sc.profiles:
+            if path.exists():
+                print(f"profile {path.name}:\n" + profile_top(path), flush=True)
+    return rows
+
+
+def write_report(rows: list[Row], args: argparse.Namespace) -> str:
+    out = Path(args.out)
+    cpc = calls_per_core(rows)
+    lines = [
+        "# rtvoice load benchmark",
+        "",
+        f"Server pinned to core {args.server_core}; generators and the vendor emulator on core "
+        f"{args.other_core}. "
+        f"Window {args.duration:.0f} s after {args.warmup:.0f} s warm-up per step; budget p99 <= "
+        f"{args.budget_ms} ms server-added latency, no drops. Machine: {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f} at the end of the run (shared machine).",
+        "",
+        "Calls per core (largest passing step):",
+        "",
+    ]
+    for mode, n in cpc.items():
+        lines.append(f"- {MODE_TITLE[mode]}: **{n}**")
+    lines += ["", format_table(rows)]
+    text = "\n".join(lines)
+    (out / "load.md").write_text(text)
+    (out / "load.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    plot(rows, out / "load.png")
+    return text
+
+
+def _parse_ramp(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """Options of ``python -m rtvoice bench load``."""
+    p.add_argument("--modes", default="echo,pcmu,pcm", help="comma list of echo,pcmu,pcm")
+    p.add_argument("--ramp", default=None,
+                   help="comma list of call counts (default per mode: echo/pcmu 100..1400, pcm 100..900)")
+    p.add_argument("--duration", type=float, default=10.0, help="measurement window per step, s")
+    p.add_argument("--warmup", type=float, default=3.0, help="settle time after all calls connected, s")
+    p.add_argument("--budget-ms", type=float, default=5.0, help="p99 server-added latency budget")
+    p.add_argument("--calls-per-generator", type=int, default=400, help="calls per generator process")
+    p.add_argument("--server-core", type=int, default=0)
+    p.add_argument("--other-core", type=int, default=1)
+    p.add_argument("--keep-going", action="store_true", help="do not stop a mode's ramp at the first failure")
+    p.add_argument("--profile-at", default="", help="comma list of call counts to profile with py-spy")
+    p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
+    p.add_argument("--threads", action="store_true", help="py-spy --threads (thread ids in the stacks)")
+    p.add_argument("--out", default="bench-load", help="output directory (load.md, load.png, load.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the ramp for each mode, write the report, print the table."""
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in args.modes:
+        if m not in MODES:
+            print(f"unknown mode {m!r} (choose from {', '.join(MODES)})", file=sys.stderr)
+            return 2
+    args.profile_at = set(_parse_ramp(args.profile_at or ""))
+    if args.ramp:
+        args.ramp = _parse_ramp(args.ramp)
+    else:
+        args.ramp = {
+            "default": [100, 200, 400, 600, 800, 1000, 1200, 1400],
+            "pcm": [100, 200, 300, 400, 500, 600, 700, 800, 900],
+        }
+    cores = os.cpu_count() or 1
+    if max(args.server_core, args.other_core) >= cores:
+        args.server_core, args.other_core = 0, 0
+    rows = run_load(args)
+    print(write_report(rows, args))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "gen":
+        sys.exit(_gen_main(sys.argv[2:]))
+    parser = argparse.ArgumentParser(prog="python -m rtvoice.bench_load")
+    configure(parser)
+    sys.exit(run(parser.parse_args()))

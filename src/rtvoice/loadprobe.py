@@ -1,0 +1,233 @@
+"""Server-side latency probe for the load benchmark (``python -m rtvoice bench load``).
+
+Enabled only when the server runs with ``RTVOICE_LOAD_PROBE=1`` (the load benchmark sets it); it then adds
+``GET /debug/latency`` (``?reset=1`` zeroes the histograms after reading them). Nothing here runs otherwise.
+
+What it measures, and why this way. The server-added latency of one media frame is the time its bytes wait
+in the socket before the event loop gets to them, plus the time the server spends on the frame (WebSocket
+unframing, parse, μ-law decode, VAD, the agent's ``send_audio`` that queues it for the vendor). Both are
+measured inside the server with ``time.perf_counter_ns`` into preallocated histograms, so the probe costs a
+few hundred nanoseconds per sample and no allocation:
+
+- **wait** (``loop_lag``): every ``PERIOD_S`` a timer picks a moment of the loop's life and makes a callback
+  ready (``call_soon``); the sample is how long that callback waits to run: the rest of the current
+  iteration plus the I/O callbacks of the next one, which is what a frame whose bytes arrive at that moment
+  waits (inbound from Twilio or from the vendor alike: both sit in the same loop). The timer's own lateness
+  is not used: uvloop timers have 1 ms resolution, so it would mostly measure rounding.
+- **processing** (``frame``): the per-frame time :mod:`rtvoice.call.session` already measures for
+  ``rtvoice_frame_processing_seconds`` (``on_text`` of a ``media`` message, the agent's ``send_audio``
+  included). The probe wraps that histogram's ``observe`` to keep a finer copy (10 µs buckets).
+
+The reported server-added latency is the distribution of wait + processing, assuming the two independent
+(convolution of the two histograms); its max is the sum of the maxima.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from array import array
+from typing import Any
+
+__all__ = ["BUCKET_NS", "Histogram", "LoadProbe", "enabled", "register"]
+
+#: Histogram resolution: 10 µs buckets up to 200 ms (anything slower lands in the last bucket).
+BUCKET_NS = 10_000
+N_BUCKETS = 20_000
+#: Loop-lag timer period: 200 wake-ups per second cost well under 1 % of a core.
+PERIOD_S = 0.005
+
+
+def enabled() -> bool:
+    """True when the server was started with ``RTVOICE_LOAD_PROBE`` set to a true value."""
+    return os.environ.get("RTVOICE_LOAD_PROBE", "").lower() in ("1", "true", "yes", "on")
+
+
+class Histogram:
+    """Fixed-bucket latency histogram in a preallocated ``array``: ``record`` allocates nothing."""
+
+    __slots__ = ("count", "counts", "max_ns", "total_ns")
+
+    def __init__(self) -> None:
+        self.counts = array("q", bytes(8 * N_BUCKETS))
+        self.count = 0
+        self.max_ns = 0
+        self.total_ns = 0
+
+    def record(self, ns: int) -> None:
+        """Add one sample (nanoseconds; negative values count as 0)."""
+        if ns < 0:
+            ns = 0
+        i = ns // BUCKET_NS
+        self.counts[i if i < N_BUCKETS else N_BUCKETS - 1] += 1
+        self.count += 1
+        self.total_ns += ns
+        if ns > self.max_ns:
+            self.max_ns = ns
+
+    def reset(self) -> None:
+        self.counts = array("q", bytes(8 * N_BUCKETS))
+        self.count = 0
+        self.max_ns = 0
+        self.total_ns = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """Sparse form: ``{"count", "max_ns", "total_ns", "buckets": {index: count}}``."""
+        return {
+            "count": self.count,
+            "max_ns": self.max_ns,
+            "total_ns": self.total_ns,
+            "buckets": {str(i): c for i, c in enumerate(self.counts) if c},
+        }
+
+
+def percentile_us(buckets: dict[int, int], q: float) -> float:
+    """The ``q`` quantile (0..1) of a sparse bucket map, in µs (upper edge of the bucket)."""
+    total = sum(buckets.values())
+    if total == 0:
+        return 0.0
+    target = q * total
+    seen = 0
+    for i in sorted(buckets):
+        seen += buckets[i]
+        if seen >= target:
+            return (i + 1) * BUCKET_NS / 1000.0
+    return (max(buckets) + 1) * BUCKET_NS / 1000.0
+
+
+def convolve(a: dict[int, int], b: dict[int, int], cap: int = N_BUCKETS) -> dict[int, float]:
+    """Distribution of the sum of two independent histograms (normalised to probabilities)."""
+    ta, tb = sum(a.values()), sum(b.values())
+    if not ta or not tb:
+        return {}
+    out: dict[int, float] = {}
+    for i, ca in a.items():
+        pa = ca / ta
+        for j, cb in b.items():
+            k = min(i + j, cap - 1)
+            out[k] = out.get(k, 0.0) + pa * cb / tb
+    return out
+
+
+def quantile_us(dist: dict[int, float], q: float) -> float:
+    """The ``q`` quantile of a normalised bucket distribution, in µs (upper bucket edge)."""
+    seen = 0.0
+    for i in sorted(dist):
+        seen += dist[i]
+        if seen >= q - 1e-12:
+            return (i + 1) * BUCKET_NS / 1000.0
+    return (max(dist) + 1) * BUCKET_NS / 1000.0 if dist else 0.0
+
+
+class _ObserveTap:
+    """Stands in for ``metrics.FRAME_PROCESSING``: forwards to it and keeps a fine copy of each sample."""
+
+    def __init__(self, inner: Any, hist: Histogram) -> None:
+        self._inner = inner
+        self._hist = hist
+
+    def observe(self, seconds: float, *args: Any, **kwargs: Any) -> None:
+        self._hist.record(int(seconds * 1e9))
+        self._inner.observe(seconds, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class LoadProbe:
+    """The loop-lag timer and the two histograms (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.loop_lag = Histogram()
+        self.frame = Histogram()
+        self.gc_pause = Histogram()
+        self.gc_gen2 = 0
+        self._gc_t0 = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def watch_gc(self) -> None:
+        """Record every cyclic-GC pause (``gc.callbacks``) into :attr:`gc_pause`: a stop-the-world pause is
+        wait for every frame queued behind it."""
+        import gc
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                self._gc_t0 = time.perf_counter_ns()
+            else:
+                self.gc_pause.record(time.perf_counter_ns() - self._gc_t0)
+                if info.get("generation") == 2:
+                    self.gc_gen2 += 1
+
+        if on_gc not in gc.callbacks:
+            gc.callbacks.append(on_gc)
+
+    def tap_metrics(self) -> None:
+        """Route ``metrics.FRAME_PROCESSING.observe`` through :attr:`frame` as well."""
+        from rtvoice import metrics
+
+        if not isinstance(metrics.FRAME_PROCESSING, _ObserveTap):
+            metrics.FRAME_PROCESSING = _ObserveTap(metrics.FRAME_PROCESSING, self.frame)  # type: ignore[assignment]
+
+    def start(self) -> None:
+        """Arm the loop-lag timer on the running loop (idempotent)."""
+        if self._handle is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._arm()
+
+    def _arm(self) -> None:
+        assert self._loop is not None
+        self._handle = self._loop.call_later(PERIOD_S, self._fire)
+
+    def _fire(self) -> None:
+        # The timer only picks a moment of the loop's life (uvloop timers have 1 ms resolution, so their own
+        # lateness would mostly measure rounding); the sample is how long a callback made ready *now* waits
+        # to run: the rest of this iteration plus the I/O callbacks of the next one, as a frame would.
+        assert self._loop is not None
+        self._due = time.perf_counter_ns()
+        self._loop.call_soon(self._ran)
+
+    def _ran(self) -> None:
+        self.loop_lag.record(time.perf_counter_ns() - self._due)
+        self._arm()
+
+    def snapshot(self, reset: bool = False) -> dict[str, Any]:
+        out = {
+            "pid": os.getpid(),
+            "loop_lag": self.loop_lag.to_json(),
+            "frame": self.frame.to_json(),
+            "gc_pause": self.gc_pause.to_json(),
+            "gc_gen2": self.gc_gen2,
+        }
+        if reset:
+            self.loop_lag.reset()
+            self.frame.reset()
+            self.gc_pause.reset()
+            self.gc_gen2 = 0
+        return out
+
+
+_probe: LoadProbe | None = None
+
+
+def register(app: Any) -> LoadProbe:
+    """Add ``GET /debug/latency`` to ``app`` and tap the per-frame metric. The loop-lag timer starts at the
+    first request to the endpoint (the benchmark calls it before measuring)."""
+    from rtvoice.server.api import Request, Response
+
+    global _probe
+    probe = _probe = _probe or LoadProbe()
+    probe.tap_metrics()
+    probe.watch_gc()
+
+    async def latency(request: Request) -> Response:
+        probe.start()
+        reset = "reset=1" in request.target
+        return Response.json(200, json.dumps(probe.snapshot(reset)).encode())
+
+    app.route("GET", "/debug/latency", latency)
+    return probe
