@@ -79,6 +79,23 @@ class ToolContext:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ToolConfig:
+    """The tool part of a call's profile, as :meth:`rtvoice.profiles.Profile.apply` leaves it in
+    ``Settings.extra`` (``tools``, ``transfer_number``, ``profile``): what an agent needs to offer and run
+    tools without holding the profile object (agents are built from settings alone)."""
+
+    tools: tuple[str, ...] = ()
+    transfer_number: str | None = None
+    name: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ToolConfig:
+        extra: Mapping[str, str] = getattr(settings, "extra", None) or {}
+        names = tuple(t.strip() for t in extra.get("tools", "").split(",") if t.strip())
+        return cls(names, extra.get("transfer_number") or None, extra.get("profile", ""))
+
+
 class RestCalls:
     """:class:`TwilioCalls` over the twilio SDK (``rtvoice.twilio.outbound.update_call``: off the loop)."""
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import quote, urlencode
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
-from rtvoice.agents.openai_realtime import RealtimeCore, RealtimeLink
+from rtvoice.agents.openai_realtime import RealtimeCore, RealtimeLink, ToolRunner
 from rtvoice.agents.vendor_common import Alignment, ToUlaw8k, Usage, WordChunker, b64decode, ws_base_url
 
 if TYPE_CHECKING:
@@ -304,6 +304,7 @@ class OpenAIElevenLabsAgent(Agent):
         self.settings = settings
         self.core = TextRealtimeCore(settings, self)
         self.link = RealtimeLink(settings, self.core, append_frames=append_frames)
+        self.tools = ToolRunner(settings, self.core, self.link.kick)
         self.tts = TtsCore(settings)
         self.tts.fault = self.core.fault
         self._in = None
@@ -352,6 +353,7 @@ class OpenAIElevenLabsAgent(Agent):
 
     async def start(self, call: CallInfo, sink: AgentSink) -> None:
         self.core.attach(sink)
+        self.tools.bind(call, sink)
         self.tts.sink = sink
         ok_openai, ok_tts = await asyncio.gather(self.link.connect(), self._tts_connect())
         if ok_openai and not ok_tts:
@@ -499,4 +501,5 @@ class OpenAIElevenLabsAgent(Agent):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.close(), 2.0)
         self._ws = None
+        await self.tools.close()
         await self.link.close()

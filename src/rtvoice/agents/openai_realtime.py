@@ -79,6 +79,16 @@ class Turn:
     text: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model made (``response.function_call_arguments.done``)."""
+
+    call_id: str
+    name: str
+    arguments: str
+    response_id: str
+
+
 @dataclass(slots=True)
 class BotItem:
     """An assistant item of the current session."""
@@ -123,6 +133,25 @@ class RealtimeCore:
         self.first_output_latencies: list[float] = []
         self.failed = False
         self.session_expired = False
+        # Tools (function calling): offered in session.update, run by the agent (``on_tool_call``), answered
+        # with a function_call_output item and a new response once the producing response is done.
+        from rtvoice import tools
+
+        self.tool_config = tools.ToolConfig.from_settings(settings)
+        self.tool_definitions: list[dict[str, Any]] = []
+        for name in self.tool_config.tools:
+            try:
+                self.tool_definitions.extend(tools.definitions(only=[name]))
+            except KeyError:
+                log.warning("profile tool %r is not registered; not offered to the model", name)
+        #: Called with each new :class:`ToolCall`; the agent runs it and answers with :meth:`tool_result`.
+        self.on_tool_call: Callable[[ToolCall], None] | None = None
+        self.tool_calls: list[ToolCall] = []
+        self._tool_call_ids: set[str] = set()
+        self._tools_running = 0
+        self._respond_after_tools = False
+        #: ``end_call`` ran: no further response is requested (the call hangs up after the queued audio).
+        self.ending = False
 
     # --- output helpers -------------------------------------------------------------------------------------
     def fault(self, kind: str, message: str, fatal: bool) -> None:
@@ -171,13 +200,17 @@ class RealtimeCore:
         }
         if not self.text_only:
             audio["output"] = {"format": fmt, "voice": self.settings.openai_voice}
-        return {
+        session: dict[str, Any] = {
             "type": "realtime",
             "model": self.settings.openai_model,
             "instructions": self.settings.instructions,
             "output_modalities": ["text"] if self.text_only else ["audio"],
             "audio": audio,
         }
+        if self.tool_definitions:
+            session["tools"] = self.tool_definitions
+            session["tool_choice"] = "auto"
+        return session
 
     def queue_session_update(self) -> None:
         self.session_event_id = self._event_id("session")
@@ -378,6 +411,65 @@ class RealtimeCore:
             details = resp.get("status_details") or {}
             err = details.get("error") or {}
             self.fault("response_failed", f"response {rid} failed: {err.get('code') or details}", False)
+        # A function call whose arguments event we did not see still ends up in the response's output.
+        for out in resp.get("output") or ():
+            if not isinstance(out, dict) or out.get("type") != "function_call":
+                continue
+            if out.get("status") == "completed":
+                self._function_call(out, str(rid or ""), now)
+        self._maybe_respond(now)
+
+    # --- tools ----------------------------------------------------------------------------------------------
+    def _on_function_call_done(self, ev: dict[str, Any], now: float) -> None:
+        self._function_call(ev, str(ev.get("response_id") or ""), now)
+
+    def _function_call(self, ev: dict[str, Any], response_id: str, now: float) -> None:
+        call_id = str(ev.get("call_id") or "")
+        if not call_id or call_id in self._tool_call_ids or response_id in self._discarded:
+            return
+        self._tool_call_ids.add(call_id)
+        # The model answered (with a call, not speech): the first-byte watchdog must not retry it.
+        self._first_output(now)
+        call = ToolCall(call_id, str(ev.get("name") or ""), str(ev.get("arguments") or ""), response_id)
+        self.tool_calls.append(call)
+        self._tools_running += 1
+        if self.on_tool_call is not None:
+            self.on_tool_call(call)
+        else:
+            self.tool_result(call, {"error": "tools are not available in this call"}, now)
+
+    def tool_result(self, call: ToolCall, output: dict[str, Any], now: float) -> None:
+        """The agent ran ``call``: give the model the output, then ask for a response (not after a successful
+        ``end_call``: the call ends once what is queued has played)."""
+        self._tools_running = max(0, self._tools_running - 1)
+        self._send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "function_call_output",
+                    "call_id": call.call_id,
+                    "output": json.dumps(output, separators=(",", ":"), default=str),
+                },
+            }
+        )
+        if call.name == "end_call" and "error" not in output:
+            self.ending = True
+        else:
+            self._respond_after_tools = True
+        self._maybe_respond(now)
+
+    def _maybe_respond(self, now: float) -> None:
+        # response.create while a response is active is an error: wait for its response.done.
+        if (
+            self._respond_after_tools
+            and self._tools_running == 0
+            and self.active_response is None
+            and not self.ending
+            and not self.failed
+        ):
+            self._respond_after_tools = False
+            self._send({"type": "response.create"})
+            self.awaiting_since = now
 
     def _on_speech_started(self, ev: dict[str, Any], now: float) -> None:
         self.awaiting_since = None
@@ -455,6 +547,7 @@ class RealtimeCore:
         "response.output_audio_transcript.delta": _on_transcript_delta,
         "response.output_audio_transcript.done": _on_transcript_done,
         "response.done": _on_response_done,
+        "response.function_call_arguments.done": _on_function_call_done,
         "input_audio_buffer.speech_started": _on_speech_started,
         "input_audio_buffer.speech_stopped": _on_speech_stopped,
         "conversation.item.input_audio_transcription.delta": _on_caller_delta,
@@ -660,6 +753,76 @@ class RealtimeLink:
         self.connected = False
 
 
+class ToolRunner:
+    """Runs the model's tool calls for one call (the I/O side of :meth:`RealtimeCore.tool_result`).
+
+    Each call runs in its own task with a :class:`rtvoice.tools.ToolContext` for the call: ``hang_up`` is the
+    call's :meth:`AgentSink.hang_up` (queued audio plays first), ``play_audio`` queues μ-law into the call as
+    a bot item (in-band DTMF), ``twilio`` is the REST API when credentials are configured.
+    """
+
+    def __init__(self, settings: Settings, core: RealtimeCore, kick: Callable[[], None]) -> None:
+        self.settings = settings
+        self.core = core
+        self.kick = kick
+        self.call: CallInfo | None = None
+        self.sink: AgentSink | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._audio_seq = 0
+        core.on_tool_call = self.submit
+
+    def bind(self, call: CallInfo, sink: AgentSink) -> None:
+        self.call = call
+        self.sink = sink
+
+    def submit(self, call: ToolCall) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(call), name=f"tool-{call.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _play_audio(self, ulaw: bytes) -> None:
+        if self.sink is None:
+            return
+        self._audio_seq += 1
+        item_id = f"tool_audio_{self._audio_seq}"
+        self.sink.bot_audio(item_id, ulaw)
+        self.sink.bot_audio_done(item_id)
+
+    def context(self) -> Any:
+        from rtvoice import tools
+
+        settings = self.settings
+        rest = None
+        if settings.twilio_account_sid and settings.twilio_auth_token:
+            rest = tools.RestCalls(settings)
+        sink = self.sink
+        return tools.ToolContext(
+            call_sid=self.call.call_sid if self.call is not None else "",
+            hang_up=sink.hang_up if sink is not None else (lambda reason: None),
+            twilio=rest,
+            profile=self.core.tool_config,
+            play_audio=self._play_audio if sink is not None else None,
+            public_base_url=settings.effective_public_base_url,
+        )
+
+    async def _run(self, call: ToolCall) -> None:
+        from rtvoice import tools
+
+        if self.sink is None:
+            result: dict[str, Any] = {"error": "the call is not connected"}
+        else:
+            result = await tools.run(call.name, call.arguments, self.context())
+        self.core.tool_result(call, result, asyncio.get_running_loop().time())
+        self.kick()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
 class OpenAIRealtimeAgent(Agent):
     """OpenAI Realtime speech-to-speech (see the module docstring)."""
 
@@ -669,6 +832,7 @@ class OpenAIRealtimeAgent(Agent):
         self.settings = settings
         self.core = RealtimeCore(settings)
         self.link = RealtimeLink(settings, self.core, append_frames=append_frames)
+        self.tools = ToolRunner(settings, self.core, self.link.kick)
         self._in = None if self.core.pcmu else FromPcm8k(24000)
         self._started = False
 
@@ -682,6 +846,7 @@ class OpenAIRealtimeAgent(Agent):
 
     async def start(self, call: CallInfo, sink: AgentSink) -> None:
         self.core.attach(sink)
+        self.tools.bind(call, sink)
         if not await self.link.connect():
             return
         self._started = True
@@ -699,4 +864,5 @@ class OpenAIRealtimeAgent(Agent):
         self.link.kick()
 
     async def close(self) -> None:
+        await self.tools.close()
         await self.link.close()

@@ -120,6 +120,14 @@ class CallObserver(Protocol):
     def call_ended(self, outcome: str) -> None: ...
 
 
+class LegSink(Protocol):
+    """Where both legs of the call's audio go when recording is on (``rtvoice.records.LegRecorder``)."""
+
+    def caller_audio(self, ulaw: bytes | memoryview) -> None: ...
+
+    def bot_audio(self, ulaw: bytes | memoryview) -> None: ...
+
+
 class NullObserver:
     """The default observer: records nothing."""
 
@@ -237,10 +245,33 @@ class Call:
         self.barge_ins: list[tuple[BargeIn, Heard | None]] = []
         self.dtmf: list[str] = []
         self.faults: list[tuple[str, str, bool]] = []
+        #: Both legs' audio when recording (see :meth:`record_legs`); None: nothing recorded.
+        self.legs: LegSink | None = None
         #: Inbound frames received / filled for gaps / late (duplicates), for stats.
         self.frames_in = 0
         self.frames_gap = 0
         self.frames_late = 0
+
+    def configure(self, settings: Settings) -> None:
+        """Per-call settings (e.g. the call's profile) known only when the stream starts: the VAD and the
+        pacing limit follow them. Call before :meth:`on_start`."""
+        self.settings = settings
+        self.vad = VoiceActivity.from_settings(settings)
+        self.pacer.max_queued = settings.max_queued_ms * BYTES_PER_MS
+
+    def record_legs(self, legs: LegSink) -> None:
+        """Send every inbound frame and every bot payload sent to Twilio to ``legs`` (per-call recording)."""
+        self.legs = legs
+        previous = self.pacer.on_audio
+        if previous is None:
+            self.pacer.on_audio = legs.bot_audio
+        else:
+
+            def both(payload: memoryview | bytes) -> None:
+                previous(payload)
+                legs.bot_audio(payload)
+
+            self.pacer.on_audio = both
 
     # --- Twilio events
     # ------------------------------------------------------------------------------------------
@@ -285,6 +316,8 @@ class Call:
         self._next_chunk = chunk + 1
         self.frames_in += 1
         payload = media.payload
+        if self.legs is not None:
+            self.legs.caller_audio(payload)
         n = len(payload)
         self.now = now = media.timestamp + n // BYTES_PER_MS
         if n == FRAME_BYTES:
@@ -441,6 +474,10 @@ class Call:
             "agent fault",
             extra={"call_sid": sid, "kind": kind, "detail": message, "fatal": fatal},
         )
+        report = getattr(self.observer, "fault", None)
+        if report is not None:
+            vendor = self.agent.name if self.agent is not None else ""
+            report(kind, message, vendor=vendor, fatal=fatal)
         if not fatal or self._fatal or self.state is CallState.ENDED:
             return
         # No dead air: stop what the broken agent was saying, play the apology, then end the stream.
@@ -602,6 +639,7 @@ __all__ = [
     "CallError",
     "CallObserver",
     "CallState",
+    "LegSink",
     "NullObserver",
     "Outcome",
     "TranscriptEntry",

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from rtvoice.agents.base import Agent
 from rtvoice.config import Settings
+from rtvoice.logs import call_context
 from rtvoice.twilio.stream_token import StreamTokens
 
 log = logging.getLogger("rtvoice.call")
@@ -52,6 +53,18 @@ class _Prepared:
     direction: str
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    #: The settings the call runs with (its profile applied) and the profile (``rtvoice.profiles.Profile``).
+    settings: Settings | None = None
+    profile: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallSetup:
+    """What a stream needs to run its call: the agent, the call's settings and its profile (or None)."""
+
+    agent: Agent
+    settings: Settings
+    profile: Any = None
 
 
 @dataclass(slots=True)
@@ -70,8 +83,15 @@ class CallRegistry:
         settings: Settings,
         agent_factory: Callable[[Settings], Agent] | None = None,
         prepared_ttl_s: float = PREPARED_TTL_S,
+        profiles: Any = None,
     ) -> None:
         self.settings = settings
+        if profiles is None and settings.profiles_path:
+            from rtvoice.profiles import load_from_settings
+
+            profiles = load_from_settings(settings)  # validated now: a bad file stops startup with file:line
+        #: The agent profiles (``rtvoice.profiles.Profiles``) or None: every call runs on ``settings``.
+        self.profiles = profiles
         if agent_factory is None:
             from rtvoice.agents.registry import create_agent
 
@@ -99,21 +119,64 @@ class CallRegistry:
 
     # --- webhook time
     # -----------------------------------------------------------------------------------------
-    def prepare(self, call_sid: str, from_number: str, to_number: str, direction: str) -> None:
+    def call_settings(
+        self,
+        call_sid: str,
+        from_number: str,
+        to_number: str,
+        direction: str,
+        *,
+        profile: str | None = None,
+        agent: str | None = None,
+        prompt: str | None = None,
+    ) -> tuple[Settings, Any]:
+        """The settings a call runs with and its profile (:func:`rtvoice.profiles.settings_for_call`).
+
+        Raises ``KeyError`` for an unknown requested profile and ``ValueError`` for an unknown agent mode.
+        """
+        from rtvoice.profiles import settings_for_call
+
+        return settings_for_call(
+            self.settings,
+            self.profiles,
+            call_sid=call_sid,
+            from_number=from_number,
+            to_number=to_number,
+            direction=direction,
+            requested_profile=profile,
+            agent=agent,
+            prompt=prompt,
+        )
+
+    def prepare(
+        self,
+        call_sid: str,
+        from_number: str,
+        to_number: str,
+        direction: str,
+        *,
+        settings: Settings | None = None,
+        profile: Any = None,
+    ) -> None:
         """Create the call's agent now and start opening its vendor session in the background.
 
-        Never raises into the webhook for a vendor problem: a failed ``prepare()`` is logged, and the agent is
-        still handed over (its ``start`` reports the fault through the sink). Needs a running event loop.
+        ``settings``/``profile`` are the call's (from :meth:`call_settings`); by default they are worked out
+        here from the numbers. Never raises into the webhook for a vendor problem: a failed ``prepare()`` is
+        logged, and the agent is still handed over (its ``start`` reports the fault through the sink). Needs a
+        running event loop.
         """
         if self.closed or not call_sid:
             return
         old = self._prepared.pop(call_sid, None)
         if old is not None:  # a repeated webhook for the same call: the newer one wins
             self._discard(call_sid, old)
-        agent = self.agent_factory(self.settings)
-        entry = _Prepared(agent, from_number, to_number, direction)
+        if settings is None:
+            settings, profile = self.call_settings(call_sid, from_number, to_number, direction)
+        agent = self.agent_factory(settings)
+        entry = _Prepared(agent, from_number, to_number, direction, settings=settings, profile=profile)
         loop = asyncio.get_running_loop()
-        entry.task = loop.create_task(self._run_prepare(call_sid, agent))
+        with call_context(call_sid):  # the vendor session's tasks log with the CallSid
+            entry.task = loop.create_task(self._run_prepare(call_sid, agent))
         entry.timer = loop.call_later(self.prepared_ttl_s, self._expire, call_sid, entry)
         self._prepared[call_sid] = entry
 
@@ -148,6 +211,32 @@ class CallRegistry:
         task = asyncio.get_running_loop().create_task(close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def take_call(self, call_sid: str) -> CallSetup | None:
+        """Like :meth:`take_prepared`, with the call's settings and profile."""
+        entry = self._prepared.pop(call_sid, None)
+        if entry is None:
+            return None
+        if entry.timer is not None:
+            entry.timer.cancel()
+        return CallSetup(entry.agent, entry.settings or self.settings, entry.profile)
+
+    def new_call(
+        self,
+        call_sid: str,
+        from_number: str = "",
+        to_number: str = "",
+        direction: str = "inbound",
+        *,
+        profile: str | None = None,
+        agent: str | None = None,
+    ) -> CallSetup:
+        """A call for a stream that had no prepared agent (another worker took the webhook, or a test): its
+        settings are worked out again from the stream's parameters (raises like :meth:`call_settings`)."""
+        settings, prof = self.call_settings(
+            call_sid, from_number, to_number, direction, profile=profile, agent=agent
+        )
+        return CallSetup(self.agent_factory(settings), settings, prof)
 
     def take_prepared(self, call_sid: str) -> Agent | None:
         """The agent prepared for ``call_sid``, or None. Taken once; its ``prepare()`` may still be running

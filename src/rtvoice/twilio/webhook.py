@@ -13,6 +13,7 @@ import inspect
 import logging
 import re
 from typing import Any
+from urllib.parse import parse_qs
 
 from rtvoice.config import Settings
 from rtvoice.server.api import App, Request, Response
@@ -93,15 +94,33 @@ class WebhookHandlers:
         from_number = _first(fields, "From")
         to_number = _first(fields, "To")
         direction = _first(fields, "Direction") or "inbound"
+        # An outbound call's ?profile=&agent=&prompt= (set by place_call; covered by the signature).
+        query = parse_qs(request.query, keep_blank_values=False) if request.query else {}
+        requested = {k: _first(query, k) or None for k in ("profile", "agent", "prompt")}
+        call_settings, profile = self.settings, None
+        resolve = getattr(self.registry, "call_settings", None)
+        if resolve is not None:
+            try:
+                call_settings, profile = resolve(call_sid, from_number, to_number, direction, **requested)
+            except (KeyError, ValueError) as exc:
+                log.warning("cannot answer call: %s", exc, extra={"call_sid": call_sid})
+                return Response.text(400, f"{exc}\n")
+        elif requested["profile"]:
+            log.warning("?profile= ignored: no registry resolves profiles", extra={"call_sid": call_sid})
         parameters = {
             "token": self.tokens.issue(call_sid),
             "from": from_number,
             "to": to_number,
             "direction": direction,
         }
+        # The stream (and its call record) learn the profile from here, even on another worker.
+        if profile is not None:
+            parameters["profile"] = str(profile.name)
+        if requested["agent"]:
+            parameters["agent"] = str(requested["agent"])
         try:
             twiml = connect_stream_twiml(
-                self.settings.media_stream_url, parameters, greeting=self.settings.twiml_greeting
+                self.settings.media_stream_url, parameters, greeting=call_settings.twiml_greeting
             )
         except TwimlError as exc:
             log.warning("cannot answer call: %s", exc, extra={"call_sid": call_sid})
@@ -114,16 +133,19 @@ class WebhookHandlers:
             direction,
             extra={"call_sid": call_sid},
         )
-        self._prepare(call_sid, from_number, to_number, direction)
+        extra = {"settings": call_settings, "profile": profile} if resolve is not None else {}
+        self._prepare(call_sid, from_number, to_number, direction, extra)
         return Response.xml(twiml)
 
-    def _prepare(self, call_sid: str, from_number: str, to_number: str, direction: str) -> None:
+    def _prepare(
+        self, call_sid: str, from_number: str, to_number: str, direction: str, extra: dict[str, Any]
+    ) -> None:
         """Let the registry pre-open the agent while Twilio sets up the stream; never delays the answer."""
         prepare = getattr(self.registry, "prepare", None)
         if prepare is None:
             return
         try:
-            result = prepare(call_sid, from_number, to_number, direction)
+            result = prepare(call_sid, from_number, to_number, direction, **extra)
         except Exception:
             log.exception("registry.prepare failed", extra={"call_sid": call_sid})
             return
