@@ -50,6 +50,11 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         # The script is chosen by the callee's number (set per test in rig.scripts).
         return scripts.get(call.to, CallScript())
 
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(
+        '[profiles.sales]\ninstructions = "Sales call to {caller}."\nagent = "echo"\n'
+        "[profiles.sales.turn_detection]\nmax_queued_ms = 300\n"
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -65,6 +70,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         agent="echo",
         echo_delay_ms=300,
         db_path=str(tmp_path / "calls.sqlite3"),
+        profiles_path=str(profiles),
     )
     registry = CallRegistry(settings, agent_factory=EchoAgent)
     records = attach(registry, settings)
@@ -91,7 +97,7 @@ async def _record(rig: Rig, sid: str) -> dict[str, Any]:
 
 async def test_outbound_call_end_to_end(rig: Rig) -> None:
     rig.scripts[CALLEE] = CallScript().say(voiced(1200)).hangup(after_bot_silence_ms=600)
-    sid = await place_call(rig.settings, CALLEE, agent="echo")
+    sid = await place_call(rig.settings, CALLEE, profile="sales", agent="echo")
     call = await rig.sim.wait_done(sid, TIMEOUT)
     result = call.dial_result
     assert call.dial_error is None and result is not None
@@ -107,6 +113,7 @@ async def test_outbound_call_end_to_end(rig: Rig) -> None:
     rec = await _record(rig, sid)
     assert rec["direction"] == "outbound-api"
     assert (rec["from_number"], rec["to_number"], rec["agent"]) == (OUR_NUMBER, CALLEE, "echo")
+    assert rec["profile"] == "sales"  # from the signed ?profile= of the webhook URL place_call gave Twilio
     assert rec["account_sid"] == ACCOUNT and rec["stream_sid"].startswith("MZ")
     assert rec["outcome"] == "completed" and rec["minutes"] is not None
 
