@@ -895,8 +895,16 @@ class ElevenLabsEmulator:
         self.port = next(iter(self._server.sockets)).getsockname()[1]
 
     async def stop(self) -> None:
-        """Close everything."""
+        """Close everything.
+
+        Generation tasks are cancelled first: a session stalled by a fault (``stall_first_audio``) would otherwise
+        keep its handler waiting for audio that never comes, and ``wait_closed`` with it.
+        """
         if self._server is not None:
+            for session in self.tts_sessions:
+                for ctx in session.contexts.values():
+                    if ctx.task is not None:
+                        ctx.task.cancel()
             self._server.close()
             await self._server.wait_closed()
             self._server = None
