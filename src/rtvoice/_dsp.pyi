@@ -129,6 +129,10 @@ class EchoCancellerCore:
     last_ee: float
     last_ey: float
     last_ex: float
+    bg: float
+    ncc_ratio: float
+    rise: float
+    bg_ratio: float
     def __init__(
         self, taps: int = 48, max_delay_ms: int = 350, mu: float = 0.4, dt_threshold_db: float = 6.0
     ) -> None: ...

@@ -1154,6 +1154,10 @@ cdef class EchoCancellerCore:
     cdef float lam
     # double-talk detector state
     cdef readonly double g_max, g_al, noise, dt_ratio, bg
+    #: tunables of the double-talk detector (defaults chosen on the quality benchmark's scenario matrix):
+    #: mic/echo-estimate ratio of the converged-filter test, rise rate of the residual-echo gains, and how far
+    #: above the background a frame must be to count as the caller
+    cdef public double ncc_ratio, rise, bg_ratio
     cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt, ref_frames
     cdef readonly double conf
     cdef double s_ed, s_ee
@@ -1175,6 +1179,9 @@ cdef class EchoCancellerCore:
         self.xlen = self.max_delay + taps + _EC_FRAME + 16
         self.nref = (self.max_delay + taps) // _EC_FRAME + 2
         self.dt_ratio = 10.0 ** (dt_threshold_db / 10.0)
+        self.ncc_ratio = 1.6
+        self.rise = 0.15
+        self.bg_ratio = 8.0
         self.lam = 0.985
         self.xbuf = <float *>PyMem_Malloc(self.xlen * sizeof(float))
         self.h = <float *>PyMem_Malloc(taps * sizeof(float))
@@ -1416,9 +1423,15 @@ cdef class EchoCancellerCore:
                 pred = self.g_max * xmax
             # (plus an absolute floor, rms 50 = -56 dBFS: a frame that quiet is never the caller barging in)
             nearend = ee > self.dt_ratio * pred + 3.0 * self.noise + n * 2500.0
+            # A converged filter predicts the echo of this very frame (ey): the microphone holding clearly more
+            # than that echo plus the noise is the caller too, even when the residual test above is blunted by
+            # a noisy line (normalised cross-correlation detector, in energy form)
+            if (not nearend and self.locked and self.n_al >= 25 and self.s_ee > 0.0
+                    and self.s_ed > 3.0 * self.s_ee and ey > n * 90000.0):
+                nearend = ed > self.ncc_ratio * (ey + 1.5 * self.noise)
             # ... and louder than the recent background (echo residue + noise, babble included) by the same
             # margin: a burst of background voices is not the caller
-            if nearend and ee <= self.dt_ratio * self.bg:
+            if nearend and ee <= self.bg_ratio * self.bg:
                 nearend = 0
             rr = ee - self.noise
             if rr < 0.0:
@@ -1432,11 +1445,11 @@ cdef class EchoCancellerCore:
                 # (a gain is only learned from frames where the reference is loud, rms >= 300: with a quiet
                 # reference the ratio measures the noise, not the echo path)
                 if xmax > n * 90000.0:
-                    rr = rr / xmax
-                    self.g_max += (0.15 if rr > self.g_max else fall) * (rr - self.g_max)
+                    p = rr / xmax
+                    self.g_max += (self.rise if p > self.g_max else fall) * (p - self.g_max)
                 if self.locked and ex > n * 90000.0:
-                    rr = (ee - self.noise) / ex
-                    self.g_al += (0.15 if rr > self.g_al else fall) * (rr - self.g_al)
+                    p = rr / ex
+                    self.g_al += (self.rise if p > self.g_al else fall) * (p - self.g_al)
                     self.n_al += 1
                 self.s_ed = 0.95 * self.s_ed + ed
                 self.s_ee = 0.95 * self.s_ee + ee

@@ -223,6 +223,7 @@ class EchoAwareGate:
         VAD (valid until the next call)."""
         last, self._last_now = self._last_now, now
         if not self._primed:
+            # nothing has been played yet: no echo possible, the VAD hears the caller as is
             if self.tap._written == 0:
                 self._recent = (self._recent << 1 | 1) & 0xFF
                 return pcm
