@@ -51,7 +51,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 import numpy as np
@@ -59,6 +59,9 @@ import numpy.typing as npt
 
 from rtvoice.twilio import signature
 from rtvoice.twilio.twiml import StreamTwiml, TwimlError, parse_stream_twiml
+
+if TYPE_CHECKING:
+    from rtvoice.sim.line import LineModel
 
 __all__ = [
     "CallResult",
@@ -588,6 +591,7 @@ class SimulatedTwilio:
         direction: str = "inbound",
         faults: Faults | None = None,
         max_duration_ms: float = 120_000.0,
+        line: LineModel | None = None,
     ) -> SimulatedCall:
         """Start a call in the background (needs a running event loop); await its methods to follow it."""
         call = SimulatedCall(
@@ -599,6 +603,7 @@ class SimulatedTwilio:
             direction=direction,
             faults=faults or Faults(),
             max_duration_ms=max_duration_ms,
+            line=line,
         )
         call.begin()
         return call
@@ -636,12 +641,15 @@ class SimulatedCall:
         direction: str,
         faults: Faults,
         max_duration_ms: float,
+        line: LineModel | None = None,
     ) -> None:
         self.twilio = twilio
         self.script = script
         self.faults = faults
         self.direction = direction
         self.max_duration_ms = max_duration_ms
+        #: the phone line (rtvoice.sim.line): echo of what the caller heard, noise, lost/late frames
+        self.line = line
         self.speed = twilio.speed
         self.result = CallResult(call_sid, twilio.account_sid, from_number, to_number)
         self.playout = PlayoutEmulator()
@@ -947,7 +955,12 @@ class SimulatedCall:
             if self._hangup_requested:
                 break
             payload = self._next_frame(due_ms)
-            await self._send(self._media_json(payload, frame + 1, due_ms))
+            if self.line is None:
+                await self._send(self._media_json(payload, frame + 1, due_ms))
+            else:
+                payload = self.line.mic_frame(payload, self.playout.heard, due_ms)
+                for chunk, data in self.line.deliver(frame + 1, payload):
+                    await self._send(self._media_json(data, chunk, (chunk - 1) * FRAME_MS))
             r.sent += payload
             r.frames_sent += 1
             self._next_due_ms = due_ms + FRAME_MS

@@ -1,0 +1,98 @@
+"""End to end on loopback: the real server and call, the simulated Twilio with an echoing line, a scripted
+agent speaking a long answer. The plain VAD interrupts the bot with its own echo; the echo-aware gate does not,
+and still hears the caller barging in."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from rtvoice.agents.base import Agent
+from rtvoice.bench_quality import bot_answer, speech_onset_ms
+from rtvoice.call.registry import CallRegistry
+from rtvoice.config import Settings
+from rtvoice.routes import build_app
+from rtvoice.server.http import start_server
+from rtvoice.sim.line import LineConfig, LineModel
+from rtvoice.sim.scripted_agent import ScriptedAgent
+from rtvoice.sim.twilio import CallScript, SimulatedTwilio
+
+TOKEN = "test-auth-token-0123456789abcdef"
+SPEED = 4.0
+TIMEOUT = 60.0
+ANSWER = bot_answer(5.0)
+
+
+@dataclass
+class Rig:
+    twilio: SimulatedTwilio
+    agents: list[ScriptedAgent]
+
+
+@asynccontextmanager
+async def running(policy: str) -> AsyncIterator[Rig]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    settings = Settings(
+        port=port,
+        public_base_url=f"http://127.0.0.1:{port}",
+        twilio_auth_token=TOKEN,
+        agent="echo",
+        bargein_policy=policy,
+        vad_onset_frames=3,
+        vad_hangover_frames=15,
+    )
+    agents: list[ScriptedAgent] = []
+
+    def make(s: Settings) -> Agent:
+        agent = ScriptedAgent(s, [ANSWER])
+        agents.append(agent)
+        return agent
+
+    registry = CallRegistry(settings, agent_factory=make)
+    server = await start_server(build_app(settings, registry), settings, sock=sock)
+    try:
+        yield Rig(SimulatedTwilio(f"http://127.0.0.1:{port}", auth_token=TOKEN, speed=SPEED), agents)
+    finally:
+        await registry.shutdown()
+        await asyncio.wait_for(server.shutdown(0.0), 20)
+
+
+def line() -> LineModel:
+    return LineModel(LineConfig(echo_delay_ms=180, erl_db=6.0, noise="white", snr_db=25.0, seed=5))
+
+
+async def test_plain_vad_interrupts_itself_and_echo_aware_gate_does_not() -> None:
+    async with running("vad") as rig:
+        call = rig.twilio.start_call(CallScript(), line=line(), max_duration_ms=6500)
+        result = await call.wait_done(TIMEOUT)
+        assert result.clears, "the plain VAD should have taken the bot's echo for the caller"
+    async with running("echo-aware") as rig:
+        call = rig.twilio.start_call(CallScript(), line=line(), max_duration_ms=6500)
+        result = await call.wait_done(TIMEOUT)
+        assert result.violations == []
+        assert result.clears == []
+        assert rig.agents[0].barge_ins == []
+        assert result.bot_heard_ms() >= 4500  # the whole answer played (its pauses are silent)
+
+
+async def test_echo_aware_gate_hears_the_caller_over_the_echo() -> None:
+    from rtvoice.bench_quality import _fixture
+
+    caller = _fixture("manager")
+    async with running("echo-aware") as rig:
+        script = CallScript().say(caller, after_bot_audio_ms=2000)
+        call = rig.twilio.start_call(script, line=line(), max_duration_ms=6000)
+        clear = await call.wait_clear(1, TIMEOUT)
+        truth = call.playout.played_total / 8  # bot audio heard when the clear arrived
+        result = await call.wait_done(TIMEOUT)
+        said_at = result.said[0][0]
+        onset = said_at + speech_onset_ms(caller, 600.0)
+        assert 0 <= clear.at_ms - onset <= 200, (clear.at_ms, onset)
+        heard = rig.agents[0].barge_ins[0]
+        assert heard is not None and heard.item_id == "answer-1"
+        assert abs(heard.audio_end_ms - truth) <= 30, (heard, truth)
