@@ -30,6 +30,7 @@ def test_ci_sized_echo_load(tmp_path: Path) -> None:
         other_core=1,
         keep_going=True,
         profile_at=set(),
+        no_fastpath=False,
         native=False,
         threads=False,
         out=str(tmp_path),

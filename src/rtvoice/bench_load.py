@@ -70,6 +70,9 @@ AUTH_TOKEN = "loadbench-auth-token"
 ACCOUNT_SID = "AC" + "0" * 32
 #: Generator send lateness (p99, ms) above which a failed step is called generator-limited (a frame period).
 GEN_LATE_LIMIT_MS = 20.0
+#: Share of the window the server spent waiting for its core (other processes on it) above which a failed,
+#: unsaturated step is blamed on the machine.
+RUNQ_LIMIT_PCT = 2.0
 
 
 # --- the generator (runs in its own process) ---------------------------------------------------------------
@@ -464,6 +467,16 @@ def _proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
+def _proc_runq_s(pid: int) -> float:
+    """Seconds the process's main thread (the event loop) spent runnable but waiting for a CPU
+    (``/proc/PID/schedstat``): on a shared machine, mostly the time other processes held the server's core."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _proc_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -518,6 +531,7 @@ class Row:
     gen_lag_p99_ms: float
     gc_max_ms: float
     gc_gen2: int
+    runq_pct: float
     media_out: int
     marks: int
     limit: str
@@ -528,7 +542,7 @@ class Row:
         """A step that could not be measured (e.g. the server stopped answering)."""
         inf = float("inf")
         return cls(mode, calls, 0, inf, inf, inf, inf, inf, 0, -1, -1, -1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                   0, 0, 0, limit, False)
+                   0, 0.0, 0, 0, limit, False)
 
 
 class _Proc:
@@ -618,6 +632,7 @@ class Scenario:
                 "RTVOICE_MAX_CONNECTIONS": "100000",
                 "RTVOICE_DB_PATH": str(workdir / f"calls-{mode}.db"),
                 "PYTHONUNBUFFERED": "1",
+                "RTVOICE_FASTPATH": "0" if args.no_fastpath else "1",
             }
         )
         self.vendor: _Proc | None = None
@@ -684,6 +699,7 @@ class Scenario:
             gen_cpu0 = sum(_proc_cpu_s(g.p.pid) for g in gens)
             vend_cpu0 = _proc_cpu_s(self.vendor.p.pid) if self.vendor else 0.0
             cpu0, t0 = _proc_cpu_s(self.server.p.pid), time.monotonic()
+            runq0 = _proc_runq_s(self.server.p.pid)
             _http_get(self.base + "/debug/latency?reset=1")
             for g in gens:
                 g.send("measure")
@@ -693,6 +709,7 @@ class Scenario:
                 spy.wait(args.duration + 30)
             snap = json.loads(_http_get(self.base + "/debug/latency?reset=1"))
             cpu1, t1 = _proc_cpu_s(self.server.p.pid), time.monotonic()
+            runq1 = _proc_runq_s(self.server.p.pid)
             vend_cpu1 = _proc_cpu_s(self.vendor.p.pid) if self.vendor else 0.0
             gen_cpu1 = sum(_proc_cpu_s(g.p.pid) for g in gens)
             rss = _proc_rss_mb(self.server.p.pid)
@@ -744,6 +761,7 @@ class Scenario:
             gen_lag_p99_ms=round(gen_lag, 2),
             gc_max_ms=round(snap["gc_pause"]["max_ns"] / 1e6, 2),
             gc_gen2=int(snap["gc_gen2"]),
+            runq_pct=round(100 * (runq1 - runq0) / wall, 1),
             media_out=sum(int(w["media_received"]) for w in windows),
             marks=sum(int(w["marks_echoed"]) for w in windows),
             limit="",
@@ -758,6 +776,8 @@ class Scenario:
                 row.limit = "generator"
             elif row.vendor_cpu_pct > 90 and row.cpu_pct < 90:
                 row.limit = "vendor"
+            elif row.runq_pct > RUNQ_LIMIT_PCT and row.cpu_pct < 90:
+                row.limit = "machine"  # other processes held the server's core
             else:
                 row.limit = "server"
         row.passed = ok_server
@@ -792,15 +812,14 @@ def format_table(rows: list[Row]) -> str:
     head = (
         "| mode | calls | p50 ms | p99 ms | max ms | wait p99 | proc p99 | dropped | late | lost "
         "| server CPU % | RSS MB | RSS/call KB | vendor CPU % | gen CPU % | gen lag p99 ms "
-        "| GC max ms (gen2) "
-        "| pass |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "| GC max ms (gen2) | run-queue wait % | pass |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     )
     lines = [
         f"| {r.mode} | {r.calls} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} | {r.wait_p99_ms:.2f} "
         f"| {r.proc_p99_ms:.2f} | {r.dropped} | {r.late} | {r.lost} | {r.cpu_pct:.0f} | {r.rss_mb:.0f} "
         f"| {r.rss_per_call_kb:.0f} | {r.vendor_cpu_pct:.0f} | {r.gen_cpu_pct:.0f} | {r.gen_lag_p99_ms:.1f} "
-        f"| {r.gc_max_ms:.1f} ({r.gc_gen2}) "
+        f"| {r.gc_max_ms:.1f} ({r.gc_gen2}) | {r.runq_pct:.1f} "
         f"| {'yes' if r.passed else 'no (' + (r.limit or 'budget') + ')'} |"
         for r in rows
     ]
@@ -808,12 +827,17 @@ def format_table(rows: list[Row]) -> str:
 
 
 def calls_per_core(rows: list[Row]) -> dict[str, int]:
-    """Largest passing call count per mode (0 if none passed)."""
+    """Per mode, the largest passing call count below the first step the server itself failed (a step failed
+    because of the machine or the generator is inconclusive, not a failure); 0 if none passed."""
     out: dict[str, int] = {}
-    for r in rows:
-        out.setdefault(r.mode, 0)
-        if r.passed:
-            out[r.mode] = max(out[r.mode], r.calls)
+    for mode in dict.fromkeys(r.mode for r in rows):
+        best = 0
+        for r in sorted((r for r in rows if r.mode == mode), key=lambda r: r.calls):
+            if r.passed:
+                best = r.calls
+            elif r.limit.startswith("server"):
+                break
+        out[mode] = best
     return out
 
 
@@ -857,6 +881,7 @@ def run_load(args: argparse.Namespace) -> list[Row]:
         )
         ramp = ramps.get(mode, ramps["default"])
         sc = Scenario(mode, args, out)
+        server_failures = 0
         try:
             for n in ramp:
                 try:
@@ -869,8 +894,12 @@ def run_load(args: argparse.Namespace) -> list[Row]:
                     break
                 rows.append(row)
                 print(format_table([row]).splitlines()[-1], flush=True)
-                if not row.passed and not args.keep_going:
-                    break
+                # stop at the server's first failure (or its second with --keep-going); a step the machine
+                # or the generator failed is inconclusive and the ramp goes on
+                if not row.passed and row.limit.startswith("server"):
+                    server_failures += 1
+                    if server_failures > (1 if args.keep_going else 0):
+                        break
         finally:
             sc.close()
         for path in sc.profiles:
@@ -912,14 +941,16 @@ def configure(p: argparse.ArgumentParser) -> None:
     """Options of ``python -m rtvoice bench load``."""
     p.add_argument("--modes", default="echo,pcmu,pcm", help="comma list of echo,pcmu,pcm")
     p.add_argument("--ramp", default=None,
-                   help="comma list of call counts (default per mode: echo/pcmu 100..1400, pcm 100..900)")
+                   help="comma list of call counts (default: echo 100..1200, pcmu 50..1000, pcm 50..600)")
     p.add_argument("--duration", type=float, default=10.0, help="measurement window per step, s")
     p.add_argument("--warmup", type=float, default=3.0, help="settle time after all calls connected, s")
     p.add_argument("--budget-ms", type=float, default=5.0, help="p99 server-added latency budget")
     p.add_argument("--calls-per-generator", type=int, default=400, help="calls per generator process")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--other-core", type=int, default=1)
-    p.add_argument("--keep-going", action="store_true", help="do not stop a mode's ramp at the first failure")
+    p.add_argument("--no-fastpath", action="store_true", help="server with RTVOICE_FASTPATH=0 (A/B runs)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="stop a mode's ramp at the server's second failure, not its first")
     p.add_argument("--profile-at", default="", help="comma list of call counts to profile with py-spy")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument("--threads", action="store_true", help="py-spy --threads (thread ids in the stacks)")
@@ -938,8 +969,9 @@ def run(args: argparse.Namespace) -> int:
         args.ramp = _parse_ramp(args.ramp)
     else:
         args.ramp = {
-            "default": [100, 200, 400, 600, 800, 1000, 1200, 1400],
-            "pcm": [100, 200, 300, 400, 500, 600, 700, 800, 900],
+            "default": [100, 200, 300, 400, 500, 600, 800, 1000, 1200],
+            "pcmu": [50, 100, 150, 200, 300, 400, 600, 800, 1000],
+            "pcm": [50, 100, 150, 200, 300, 400, 500, 600],
         }
     cores = os.cpu_count() or 1
     if max(args.server_core, args.other_core) >= cores:

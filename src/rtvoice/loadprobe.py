@@ -13,7 +13,8 @@ few hundred nanoseconds per sample and no allocation:
   ready (``call_soon``); the sample is how long that callback waits to run: the rest of the current
   iteration plus the I/O callbacks of the next one, which is what a frame whose bytes arrive at that moment
   waits (inbound from Twilio or from the vendor alike: both sit in the same loop). The timer's own lateness
-  is not used: uvloop timers have 1 ms resolution, so it would mostly measure rounding.
+  is mostly rounding (uvloop timers have 1 ms resolution) and is added only when over 2 ms: then the loop
+  was stalled (a long iteration, a GC pause) and a frame arriving then would have waited as long.
 - **processing** (``frame``): the per-frame time :mod:`rtvoice.call.session` already measures for
   ``rtvoice_frame_processing_seconds`` (``on_text`` of a ``media`` message, the agent's ``send_audio``
   included). The probe wraps that histogram's ``observe`` to keep a finer copy (10 µs buckets).
@@ -38,6 +39,8 @@ BUCKET_NS = 10_000
 N_BUCKETS = 20_000
 #: Loop-lag timer period: 200 wake-ups per second cost well under 1 % of a core.
 PERIOD_S = 0.005
+#: Timer lateness above this is a stall, not the 1 ms timer rounding of uvloop.
+STALL_NS = 2_000_000
 
 
 def enabled() -> bool:
@@ -147,6 +150,8 @@ class LoadProbe:
         self._gc_t0 = 0
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0
+        self._timer_due = 0
+        self._stall = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch_gc(self) -> None:
@@ -181,18 +186,24 @@ class LoadProbe:
 
     def _arm(self) -> None:
         assert self._loop is not None
+        self._timer_due = time.perf_counter_ns() + int(PERIOD_S * 1e9)
         self._handle = self._loop.call_later(PERIOD_S, self._fire)
 
     def _fire(self) -> None:
-        # The timer only picks a moment of the loop's life (uvloop timers have 1 ms resolution, so their own
-        # lateness would mostly measure rounding); the sample is how long a callback made ready *now* waits
-        # to run: the rest of this iteration plus the I/O callbacks of the next one, as a frame would.
+        # The timer only picks a moment of the loop's life; the sample is how long a callback made ready
+        # *now* waits to run: the rest of this iteration plus the I/O callbacks of the next one, as a frame
+        # would. uvloop timers have 1 ms resolution, so the timer's own lateness is mostly rounding; but when
+        # it is clearly more (a long iteration, a GC pause) the timer itself waited like a frame, and that
+        # wait is added, so stalls are not missed.
         assert self._loop is not None
-        self._due = time.perf_counter_ns()
+        now = time.perf_counter_ns()
+        late = now - self._timer_due
+        self._stall = late if late > STALL_NS else 0
+        self._due = now
         self._loop.call_soon(self._ran)
 
     def _ran(self) -> None:
-        self.loop_lag.record(time.perf_counter_ns() - self._due)
+        self.loop_lag.record(time.perf_counter_ns() - self._due + self._stall)
         self._arm()
 
     def snapshot(self, reset: bool = False) -> dict[str, Any]:

@@ -17,6 +17,7 @@ property-tested against the library alone in ``tests/test_fastpath_frames.py`` (
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from websockets.frames import Opcode
@@ -27,7 +28,10 @@ try:
 except ImportError:  # pragma: no cover - the C speedups ship with the wheels
     from websockets.utils import apply_mask
 
-__all__ = ["fast_ready", "next_data_frame"]
+__all__ = ["ENABLED", "fast_ready", "next_data_frame"]
+
+#: ``RTVOICE_FASTPATH=0`` turns the fast paths off (A/B runs of ``python -m rtvoice bench load``).
+ENABLED = os.environ.get("RTVOICE_FASTPATH", "1") != "0"
 
 _OPEN = State.OPEN
 #: FIN set, RSV bits clear, opcode text (0x1) or binary (0x2).
@@ -54,7 +58,8 @@ def _at_frame_boundary(proto: Protocol) -> bool:
 def fast_ready(proto: Protocol) -> bool:
     """True when the next bytes may be unframed here instead of by ``proto`` (see the module docstring)."""
     return (
-        proto.state is _OPEN
+        ENABLED
+        and proto.state is _OPEN
         and proto.current_size is None
         and not proto.reader.buffer
         and proto.parser_exc is None

@@ -39,6 +39,7 @@ from websockets.server import ServerProtocol
 
 from rtvoice import metrics
 from rtvoice.server.api import Request, WebSocket, WebSocketHandler
+from rtvoice.server.fastframes import fast_ready, next_data_frame
 from rtvoice.server.limits import ErrorKind, ServerLimits, close_code
 
 if TYPE_CHECKING:
@@ -191,6 +192,20 @@ class WebSocketConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         proto = self._proto
+        # Fast path (rtvoice.server.fastframes): whole, unfragmented, masked data frames at a frame boundary
+        # are unframed here; the library gets everything from the first other frame on.
+        pos = 0
+        while self._handler is not None and not self._failed and fast_ready(proto):
+            plain = next_data_frame(data, pos, proto.max_message_size)
+            if plain is None:
+                break
+            opcode, payload, pos = plain
+            self._deliver(opcode, payload)
+        if pos:
+            if pos == len(data):
+                self._flush()
+                return
+            data = data[pos:]
         proto.receive_data(data)
         # After the handshake the protocol only emits frames.
         events: list[Frame] = proto.events_received()  # type: ignore[assignment]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import binascii
 
+from rtvoice.server.fastframes import ENABLED
 from rtvoice.twilio.media import Event, Media
 from rtvoice.twilio.media import parse as parse_full
 
@@ -85,7 +86,7 @@ def parse_media_fast(text: str) -> Media | None:
 def parse(text: str | bytes) -> Event:
     """Drop-in for :func:`rtvoice.twilio.media.parse`: the fast path for plain ``media`` messages, the full
     strict parser for everything else (same results, same :class:`ProtocolViolation` s)."""
-    if type(text) is str and text.startswith('{"event":"media"'):
+    if ENABLED and type(text) is str and text.startswith('{"event":"media"'):
         event = parse_media_fast(text)
         if event is not None:
             return event
