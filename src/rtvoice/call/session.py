@@ -27,8 +27,9 @@ from importlib import resources
 from rtvoice import metrics
 from rtvoice.agents.base import Agent, CallInfo
 from rtvoice.call.call import Call, CallError, CallObserver, CallState, Outcome
-from rtvoice.call.registry import CallRegistry
+from rtvoice.call.registry import CallRegistry, CallSetup
 from rtvoice.config import Settings
+from rtvoice.logs import call_context
 from rtvoice.server.api import App, Request, Response, WebSocket, WebSocketHandler
 from rtvoice.twilio.media import Connected, Dtmf, Mark, Media, ProtocolViolation, Start, Stop, Unknown, parse
 from rtvoice.twilio.stream_token import StreamTokenError
@@ -90,6 +91,7 @@ class MediaStreamHandler:
         self._last_frame_at = 0.0
         self._bytes_reported = 0
         self._counted_active = False
+        self._usage_reported: dict[str, int] = {}
 
     # --- WebSocketHandler
     # ---------------------------------------------------------------------------------------
@@ -118,6 +120,7 @@ class MediaStreamHandler:
         if type(event) is Mark:
             elapsed = int((time.monotonic() - self._last_frame_at) * 1000)
             self.call.on_mark(event, self.call.now + min(max(elapsed, 0), MARK_TIME_CAP_MS))
+            self._report_usage()
         elif type(event) is Start:
             self._on_start(event)
         elif type(event) is Dtmf:
@@ -194,7 +197,7 @@ class MediaStreamHandler:
             self.ws.close(1008, f"stream token {exc.reason}")
             return
         try:
-            agent = self.registry.take_prepared(start.call_sid) or self.registry.new_agent()
+            setup = self._setup(start)
         except Exception as exc:  # e.g. ConfigError for missing credentials: no agent, no call
             log.error("cannot create agent", extra={"call_sid": start.call_sid, "error": str(exc)})
             metrics.ERRORS.labels(kind="agent_create").inc()
@@ -202,14 +205,91 @@ class MediaStreamHandler:
             self._finish()
             self.ws.close(1011, "agent unavailable")
             return
+        agent = setup.agent
         self.agent = agent
         self.call.agent = agent
+        self.call.configure(setup.settings)  # the call's profile: VAD and pacing settings
+        self._wire_observer(setup)
         info = self.call.on_start(start)
+        self._record_legs(setup.settings)
         self.registry.stream_started(start.call_sid, self)
         metrics.ACTIVE_CALLS.inc()
         self._counted_active = True
-        log.info("media stream started", extra={"call_sid": start.call_sid, "stream_sid": start.stream_sid})
-        self._start_task = asyncio.get_running_loop().create_task(self._start_agent(agent, info))
+        log.info(
+            "media stream started",
+            extra={
+                "call_sid": start.call_sid,
+                "stream_sid": start.stream_sid,
+                "profile": getattr(setup.profile, "name", None),
+                "agent": setup.settings.agent,
+            },
+        )
+        # The agent's tasks (and the tools it runs) inherit the bound CallSid: their log lines carry it.
+        with call_context(start.call_sid):
+            self._start_task = asyncio.get_running_loop().create_task(self._start_agent(agent, info))
+
+    def _setup(self, start: Start) -> CallSetup:
+        """The agent and settings prepared at webhook time, or worked out again from the stream's
+        parameters (the webhook ran on another worker, or the prepared agent expired)."""
+        setup = self.registry.take_call(start.call_sid)
+        if setup is not None:
+            return setup
+        params = start.custom_parameters
+        return self.registry.new_call(
+            start.call_sid,
+            params.get("from", ""),
+            params.get("to", ""),
+            params.get("direction", "") or "inbound",
+            profile=params.get("profile") or None,
+            agent=params.get("agent") or None,
+        )
+
+    def _wire_observer(self, setup: CallSetup) -> None:
+        """Tell a call recorder (``rtvoice.records.CallRecorder``) the call's agent and profile, and make a
+        usage limit end the call politely. Other observers are left alone."""
+        observer = self.call.observer
+        if hasattr(observer, "agent"):
+            observer.agent = setup.settings.agent
+        if setup.profile is not None and hasattr(observer, "profile"):
+            observer.profile = str(setup.profile.name)
+        if hasattr(observer, "on_limit"):
+            observer.on_limit = self._usage_limit
+
+    def _usage_limit(self, reason: str) -> None:
+        # Polite: the bot finishes what it is saying (queued audio plays), then the stream closes.
+        log.warning(
+            "usage limit reached, ending the call",
+            extra={"call_sid": self.call_sid, "limit": reason},
+        )
+        self.call.hang_up(f"usage limit: {reason}")
+
+    def _report_usage(self) -> None:
+        """Vendor usage since the last report (the agents keep call totals, e.g. summed ``response.done``
+        usage) to a recorder's ``agent_usage``: at marks while the bot talks (so usage limits can end a call)
+        and at the end. Never per frame."""
+        report = getattr(self.call.observer, "agent_usage", None)
+        usage = getattr(self.agent, "usage", None)
+        if report is None or usage is None or not hasattr(usage, "as_dict"):
+            return
+        now: dict[str, int] = usage.as_dict()
+        delta = {k: v - self._usage_reported.get(k, 0) for k, v in now.items()}
+        if not any(delta.values()):
+            return
+        self._usage_reported = now
+        try:
+            report(delta)
+        except Exception as exc:
+            log.warning("agent usage not recorded", extra={"call_sid": self.call_sid, "error": str(exc)})
+
+    def _record_legs(self, settings: Settings) -> None:
+        """``RTVOICE_RECORD_AUDIO_DIR``: both legs to WAV via the call recorder (after ``call_started``)."""
+        record = getattr(self.call.observer, "record_audio", None)
+        if not settings.record_audio_dir or record is None:
+            return
+        try:
+            self.call.record_legs(record(settings.record_audio_dir))
+        except OSError as exc:
+            log.error("cannot record the call audio", extra={"call_sid": self.call_sid, "error": str(exc)})
 
     async def _start_agent(self, agent: Agent, info: CallInfo) -> None:
         try:
@@ -232,6 +312,7 @@ class MediaStreamHandler:
             return
         self._finished = True
         call = self.call
+        self._report_usage()  # into the record before it is closed
         call.end(call.outcome or Outcome.DISCONNECTED)
         outcome = call.outcome.value if call.outcome is not None else "disconnected"
         if self._counted_active:
@@ -242,7 +323,8 @@ class MediaStreamHandler:
             self._start_task.cancel()
         agent = self.agent
         if agent is not None:
-            self._close_task = asyncio.get_running_loop().create_task(self._close_agent(agent))
+            with call_context(self.call_sid):
+                self._close_task = asyncio.get_running_loop().create_task(self._close_agent(agent))
         log.info(
             "media stream ended",
             extra={
