@@ -666,8 +666,10 @@ class Scenario:
     def _start_profile(self, n_calls: int) -> subprocess.Popen[bytes] | None:
         if n_calls not in self.args.profile_at:
             return None
-        path = Path(self.args.out) / f"profile-{self.mode}-{n_calls}.txt"
-        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--format", "raw",
+        variant = "-nofast" if getattr(self.args, "no_fastpath", False) else ""
+        path = Path(self.args.out) / f"profile-{self.mode}-{n_calls}{variant}.txt"
+        # blocking sampling (py-spy pauses the server ~0.1 ms per sample): consistent stacks, ~2 % overhead
+        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
                "-r", "200", "-d", str(max(1, int(self.args.duration) - 1)), "-o", str(path),
                "-p", str(self.server.p.pid)]
         if self.args.native:
@@ -841,6 +843,22 @@ def calls_per_core(rows: list[Row]) -> dict[str, int]:
     return out
 
 
+def cpu_capacity(rows: list[Row]) -> dict[str, int]:
+    """Per mode, the calls one core would carry if CPU were the only limit: calls / (server CPU share), the
+    median over the steps measured at 20-90 % of a core (independent of latency spikes caused by other
+    processes on a shared machine; not a substitute for the latency criterion)."""
+    out: dict[str, int] = {}
+    for mode in dict.fromkeys(r.mode for r in rows):
+        est = sorted(r.calls * 100 / r.cpu_pct for r in rows if r.mode == mode and 20 <= r.cpu_pct <= 90)
+        out[mode] = int(est[len(est) // 2]) if est else 0
+    return out
+
+
+def load_rows(path: Path) -> list[Row]:
+    """Rows from a ``load.json`` written by :func:`write_report`."""
+    return [Row(**{**Row.failed("", 0, "").__dict__, **r}) for r in json.loads(path.read_text())]
+
+
 def plot(rows: list[Row], path: Path) -> None:
     import matplotlib
 
@@ -849,7 +867,7 @@ def plot(rows: list[Row], path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for mode in MODES:
-        rs = [r for r in rows if r.mode == mode]
+        rs = [r for r in rows if r.mode == mode and r.connected]  # steps that could not be measured: no point
         if not rs:
             continue
         xs = [r.calls for r in rs]
@@ -923,13 +941,60 @@ def write_report(rows: list[Row], args: argparse.Namespace) -> str:
         "Calls per core (largest passing step):",
         "",
     ]
+    cap = cpu_capacity(rows)
     for mode, n in cpc.items():
-        lines.append(f"- {MODE_TITLE[mode]}: **{n}**")
+        lines.append(
+            f"- {MODE_TITLE[mode]}: **{n}** (CPU-bound estimate: {cap.get(mode, 0)} calls at 100 % of a core)"
+        )
     lines += ["", format_table(rows)]
     text = "\n".join(lines)
     (out / "load.md").write_text(text)
     (out / "load.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
     plot(rows, out / "load.png")
+    return text
+
+
+def run_ab(args: argparse.Namespace) -> str:
+    """``--ab N``: the fast paths on and off, alternating, ``--ab-rounds`` times per mode at N calls, each on
+    a fresh server. Interleaving puts both variants under the same machine conditions; the minimum server CPU
+    over the rounds is the least-disturbed figure of each."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[tuple[str, bool], list[Row]] = {}
+    for mode in args.modes:
+        for _ in range(args.ab_rounds):
+            for fast in (True, False):
+                args.no_fastpath = not fast
+                sc = Scenario(mode, args, out)
+                try:
+                    row = sc.step(args.ab)
+                except (OSError, TimeoutError, RuntimeError) as exc:
+                    print(f"{mode} fastpath={fast}: step failed: {exc}", flush=True)
+                    continue
+                finally:
+                    sc.close()
+                results.setdefault((mode, fast), []).append(row)
+                print(f"{mode} fastpath={'on' if fast else 'off'}: " + format_table([row]).splitlines()[-1],
+                      flush=True)
+    lines = [
+        f"A/B at {args.ab} calls, {args.ab_rounds} interleaved rounds (fast paths on / off), server CPU % "
+        "of one core and p99 server-added latency per round:",
+        "",
+        "| mode | fast paths | CPU % per round | min CPU % | CPU µs per frame (min) | p99 ms per round |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for (mode, fast), rows in results.items():
+        cpus = [r.cpu_pct for r in rows]
+        per_frame = min(cpus) / 100 / (args.ab * 50) * 1e6
+        lines.append(
+            f"| {mode} | {'on' if fast else 'off'} | {', '.join(f'{c:.0f}' for c in cpus)} | {min(cpus):.0f} "
+            f"| {per_frame:.1f} | {', '.join(f'{r.p99_ms:.2f}' for r in rows)} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (out / "ab.md").write_text(text)
+    (out / "ab.json").write_text(
+        json.dumps({f"{m}/{'on' if f else 'off'}": [asdict(r) for r in rs] for (m, f), rs in results.items()})
+    )
     return text
 
 
@@ -948,6 +1013,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calls-per-generator", type=int, default=400, help="calls per generator process")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--other-core", type=int, default=1)
+    p.add_argument("--ab", type=int, default=0, metavar="N",
+                   help="instead of the ramp: fast paths on/off alternating at N calls (see --ab-rounds)")
+    p.add_argument("--ab-rounds", type=int, default=3, help="rounds of the --ab comparison")
     p.add_argument("--no-fastpath", action="store_true", help="server with RTVOICE_FASTPATH=0 (A/B runs)")
     p.add_argument("--keep-going", action="store_true",
                    help="stop a mode's ramp at the server's second failure, not its first")
@@ -976,6 +1044,9 @@ def run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     if max(args.server_core, args.other_core) >= cores:
         args.server_core, args.other_core = 0, 0
+    if args.ab:
+        print(run_ab(args))
+        return 0
     rows = run_load(args)
     print(write_report(rows, args))
     return 0
