@@ -116,6 +116,10 @@ class PlaybackLedger:
             and last.item_offset + (last.end - last.start) == item_offset
         ):
             last.end = self.sent_pos
+            if self._walk_i == len(self._chunks):
+                # The resumable walk had consumed this chunk to its old end; it must walk on into the bytes
+                # just appended (from the same position and clock, so the result equals a walk from the anchor).
+                self._walk_i -= 1
         else:
             self._chunks.append(_Chunk(start, self.sent_pos, item_id, item_offset, now))
         self._last_item = item_id
