@@ -182,7 +182,7 @@ def test_redactor_short_values_not_shredded() -> None:
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
 _secret = st.text(
-    st.characters(min_codepoint=33, max_codepoint=0x2FF, blacklist_categories=("Cs",)), min_size=8, max_size=40  # noqa: E501
+    st.characters(min_codepoint=33, max_codepoint=0x2FF, blacklist_categories=("Cs",)), min_size=8, max_size=40
 )
 
 
@@ -196,14 +196,14 @@ def test_known_secret_never_survives(before: str, secret: str, after: str) -> No
 
 
 _token_value = st.text(
-    st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/=._-"), min_size=6, max_size=60  # noqa: E501
+    st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/=._-"), min_size=6, max_size=60
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     key=st.sampled_from(
-        ["token", "stream_token", "api_key", "xi-api-key", "X-Twilio-Signature", "Authorization", "secret", "password"]  # noqa: E501
+        ["token", "stream_token", "api_key", "xi-api-key", "X-Twilio-Signature", "Authorization", "secret", "password"]
     ),
     sep=st.sampled_from(["=", ": ", ":", " = ", '": "', "': '"]),
     value=_token_value,

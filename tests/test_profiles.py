@@ -49,14 +49,14 @@ def test_load_apply_and_template(tmp_path: Path) -> None:
     desk = profiles.get("front-desk")
     assert desk.tools == ("end_call", "transfer_call")
     now = dt.datetime(2026, 12, 2, 8, 30, tzinfo=dt.UTC)
-    s = desk.apply(Settings(), caller="+15557654321", callee="+15550001000", call_sid="CA" + "1" * 32, now=now)  # noqa: E501
+    s = desk.apply(Settings(), caller="+15557654321", callee="+15550001000", call_sid="CA" + "1" * 32, now=now)
     assert s.instructions == (
         "You are the front desk. The caller is +15557654321, calling +15550001000 at 09:30 on 2026-12-02.\n"
         f"Call CA{'1' * 32}, profile front-desk. Literal {{braces}} stay."
     )
     assert s.greeting == "Hello +15557654321!"
     assert (s.openai_voice, s.openai_model, s.agent) == ("cedar", "gpt-realtime", "openai")
-    assert (s.vad_aggressiveness, s.vad_onset_frames, s.vad_hangover_frames, s.max_queued_ms) == (3, 5, 20, 160)  # noqa: E501
+    assert (s.vad_aggressiveness, s.vad_onset_frames, s.vad_hangover_frames, s.max_queued_ms) == (3, 5, 20, 160)
     assert s.extra["profile"] == "front-desk" and s.extra["language"] == "it"
     assert s.extra["transfer_number"] == "+15550009999"
     # Unset fields keep the global settings.
@@ -106,15 +106,15 @@ def _line_of(text: str, needle: str) -> int:
 @pytest.mark.parametrize(
     ("old", "new", "needle", "message"),
     [
-        ('greeting = "Hello {caller}!"', 'greeting = "Hello {name}!"', "greeting =", "unknown placeholder {name}"),  # noqa: E501
+        ('greeting = "Hello {caller}!"', 'greeting = "Hello {name}!"', "greeting =", "unknown placeholder {name}"),
         ('greeting = "Hello {caller}!"', 'greeting = "Hi {caller.__class__}"', "greeting =", "placeholder"),
-        ('greeting = "Hello {caller}!"', 'greeting = "Hi {caller!r}"', "greeting =", "placeholder {caller!r}"),  # noqa: E501
+        ('greeting = "Hello {caller}!"', 'greeting = "Hi {caller!r}"', "greeting =", "placeholder {caller!r}"),
         ('greeting = "Hello {caller}!"', 'greeting = "Hi {caller:>40}"', "greeting =", "placeholder"),
         ('greeting = "Hello {caller}!"', 'greeting = "Hi {"', "greeting =", "bad template"),
         ('voice = "cedar"', "voice = 3", "voice = 3", "expected a string"),
         ('agent = "openai"', 'agent = "gpt"', "agent =", "expected one of"),
         ('timezone = "Europe/Rome"', 'timezone = "Mars/Base"', "timezone =", "unknown time zone"),
-        ('tools = ["end_call", "transfer_call"]', 'tools = ["end_call", "rm_rf"]', "tools =", "unknown tool 'rm_rf'"),  # noqa: E501
+        ('tools = ["end_call", "transfer_call"]', 'tools = ["end_call", "rm_rf"]', "tools =", "unknown tool 'rm_rf'"),
         ("onset_frames = 5", "onset_frames = 0", "onset_frames =", "from 1 to 50"),
         ("onset_frames = 5", "onset_frams = 5", "onset_frams", "unknown key"),
         ('language = "it"', 'language = "Italian!"', "language =", "a code like 'en'"),

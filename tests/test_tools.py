@@ -77,10 +77,10 @@ async def test_custom_tool_decorator() -> None:
     @tools.tool(
         "opening_hours_test",
         "Opening hours for a day.",
-        {"type": "object", "properties": {"day": {"type": "string", "enum": ["mon", "sun"]}}, "required": ["day"]},  # noqa: E501
+        {"type": "object", "properties": {"day": {"type": "string", "enum": ["mon", "sun"]}}, "required": ["day"]},
     )
     async def opening_hours(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
-        return {"day": args["day"], "hours": "closed" if args["day"] == "sun" else "9-17", "call": ctx.call_sid}  # noqa: E501
+        return {"day": args["day"], "hours": "closed" if args["day"] == "sun" else "9-17", "call": ctx.call_sid}
 
     @tools.tool("boom_test", "Always fails.")
     async def boom(args: dict[str, Any], ctx: ToolContext) -> str:
@@ -130,7 +130,7 @@ def test_dtmf_tones_decode_to_the_right_digits() -> None:
 async def test_send_dtmf_in_band() -> None:
     played: list[bytes] = []
     ctx = ToolContext(SID, Hangups(), play_audio=played.append)
-    assert await tools.run("send_dtmf", '{"digits": "42#"}', ctx) == {"ok": True, "sent": "42#", "method": "in-band"}  # noqa: E501
+    assert await tools.run("send_dtmf", '{"digits": "42#"}', ctx) == {"ok": True, "sent": "42#", "method": "in-band"}
     assert played == [dtmf_ulaw("42#")]
 
 
@@ -188,7 +188,7 @@ async def test_transfer_without_configured_number(live_call: tuple[TwilioRestSim
         "+15551112222"
     )
     no_rest = ToolContext(sid, Hangups(), profile=PROFILES.get("open"))
-    assert "REST credentials" in (await tools.run("transfer_call", '{"number": "+15551112222"}', no_rest))["error"]  # noqa: E501
+    assert "REST credentials" in (await tools.run("transfer_call", '{"number": "+15551112222"}', no_rest))["error"]
 
 
 async def test_send_dtmf_through_rest(live_call: tuple[TwilioRestSim, Settings, str]) -> None:
@@ -196,7 +196,7 @@ async def test_send_dtmf_through_rest(live_call: tuple[TwilioRestSim, Settings, 
     ctx = ToolContext(
         sid, Hangups(), twilio=RestCalls(settings), public_base_url=settings.effective_public_base_url
     )
-    assert await tools.run("send_dtmf", '{"digits": "1w2"}', ctx) == {"ok": True, "sent": "1w2", "method": "twiml"}  # noqa: E501
+    assert await tools.run("send_dtmf", '{"digits": "1w2"}', ctx) == {"ok": True, "sent": "1w2", "method": "twiml"}
     root = ElementTree.fromstring((await sim.wait_done(sid, 30)).updates[0]["Twiml"])
     play = root.find("Play")
     assert play is not None and play.get("digits") == "1w2"
