@@ -31,7 +31,8 @@ from rtvoice.call.registry import CallRegistry, CallSetup
 from rtvoice.config import Settings
 from rtvoice.logs import call_context
 from rtvoice.server.api import App, Request, Response, WebSocket, WebSocketHandler
-from rtvoice.twilio.media import Connected, Dtmf, Mark, Media, ProtocolViolation, Start, Stop, Unknown, parse
+from rtvoice.twilio.fastmedia import parse  # media.parse with a fast path for plain media messages
+from rtvoice.twilio.media import Connected, Dtmf, Mark, Media, ProtocolViolation, Start, Stop, Unknown
 from rtvoice.twilio.stream_token import StreamTokenError
 
 log = logging.getLogger("rtvoice.call")
