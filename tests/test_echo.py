@@ -180,3 +180,26 @@ def test_call_with_echo_aware_gate_ignores_its_own_echo_but_hears_the_caller() -
     assert not out.false_barge_in and not out.missed
     assert out.reaction_ms is not None and out.reaction_ms <= 200
     assert out.truncation_error_ms is not None and out.truncation_error_ms <= 20
+
+
+def test_callers_own_turn_does_not_deafen_the_detector_for_the_next_bot_turn() -> None:
+    # the caller talks first (no bot audio, nothing can echo), then the bot answers, then the caller barges in
+    turn = (FIX / "interrupt.ulaw").read_bytes()[: 160 * 100]
+    line = LineModel(LineConfig(echo_delay_ms=120, erl_db=6.0, noise="white", snr_db=25.0, seed=6))
+    ec = EchoCanceller()
+    out = np.zeros(160, dtype=np.int16)
+    heard = bytearray(b"\xff" * 160 * 110) + BOT  # the bot starts playing at frame 110
+    flags = []
+    for k in range(400):
+        if k < 100:
+            speech = turn[k * 160 : (k + 1) * 160]
+        elif 300 <= k < 300 + len(CALLER) // 160:
+            speech = CALLER[(k - 300) * 160 : (k - 299) * 160]
+        else:
+            speech = SILENT
+        mic = np.asarray(ulaw_decode(line.mic_frame(speech, heard, k * 20)), dtype=np.int16)
+        ref = np.asarray(ulaw_decode(bytes(heard[k * 160 : (k + 1) * 160])), dtype=np.int16)
+        flags.append(ec.process(mic, ref, out))
+    assert not any(f & NEAR_END and f & REF_ACTIVE for f in flags[115:300])  # the bot's echo alone
+    barge = flags[300 : 300 + len(CALLER) // 160]
+    assert sum(1 for f in barge if f & NEAR_END) >= len(barge) // 3

@@ -1,6 +1,6 @@
 """End to end on loopback: the real server and call, the simulated Twilio with an echoing line, a scripted
-agent speaking a long answer. The plain VAD interrupts the bot with its own echo; the echo-aware gate does not,
-and still hears the caller barging in."""
+agent speaking a long answer. The plain VAD interrupts the bot with its own echo; the echo-aware gate does
+not, and still hears the caller barging in."""
 
 from __future__ import annotations
 

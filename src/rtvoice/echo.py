@@ -7,10 +7,15 @@ when it played, so it can subtract the echo:
 * :class:`EchoCanceller` (compiled core ``rtvoice._dsp.EchoCancellerCore``): per 20 ms frame, a bulk-delay
   estimator (cross-correlation of 2 ms envelopes over 0-350 ms) places a short NLMS filter (48 taps = 6 ms)
   on the echo; a double-talk detector compares the residual with the echo the reference could still produce
-  (a learned residual-echo gain times the aligned reference energy; the loudest reference frame in the delay
-  window before the delay is known, assuming 0 dB echo return loss until it has learned better). Adaptation
-  freezes during double talk. Echo-only frames are brought down to the noise level (residual echo
-  suppression), so a VAD run on the output sees the caller, not the bot. About 5 µs per frame per call.
+  (a learned, peak-following residual-echo gain times the aligned reference energy; the loudest reference
+  frame in the delay window before the delay is known, assuming 0 dB echo return loss until it has learned
+  better). A frame is the caller only if it is also 9 dB above the line's background (the mean residual of
+  recent non-caller frames: bursts of background voices are not the caller); once the filter has converged,
+  a microphone holding clearly more than the filter's own echo estimate is the caller too, even when the
+  residual test is blunted by a noisy line.
+  Adaptation freezes during double talk; a lost inbound frame advances the reference without adapting.
+  Echo-only frames are brought down to the noise level (residual echo suppression), so a VAD run on the
+  output sees the caller, not the bot. About 5 µs per frame per call.
 * :class:`ReferenceTap`: the bot audio sent to Twilio (tapped from the pacer) in a ring indexed by the
   ledger's stream position; each inbound frame it hands out the 20 ms the ledger says played meanwhile.
 * Gates for :class:`rtvoice.call.bargein.BargeInController` (``RTVOICE_BARGEIN_POLICY``):
