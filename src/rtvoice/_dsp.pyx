@@ -1157,7 +1157,7 @@ cdef class EchoCancellerCore:
     #: tunables of the double-talk detector (defaults chosen on the quality benchmark's scenario matrix):
     #: mic/echo-estimate ratio of the converged-filter test, rise rate of the residual-echo gains, and how far
     #: above the background a frame must be to count as the caller
-    cdef public double ncc_ratio, rise, bg_ratio
+    cdef public double ncc_ratio, rise, bg_ratio, veto_ratio
     cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt, ref_frames
     cdef readonly double conf
     cdef double s_ed, s_ee
@@ -1182,6 +1182,7 @@ cdef class EchoCancellerCore:
         self.ncc_ratio = 1.6
         self.rise = 0.15
         self.bg_ratio = 8.0
+        self.veto_ratio = 1.1
         self.lam = 0.985
         self.xbuf = <float *>PyMem_Malloc(self.xlen * sizeof(float))
         self.h = <float *>PyMem_Malloc(taps * sizeof(float))
@@ -1429,6 +1430,12 @@ cdef class EchoCancellerCore:
             if (not nearend and self.locked and self.n_al >= 25 and self.s_ee > 0.0
                     and self.s_ed > 3.0 * self.s_ee and ey > n * 90000.0):
                 nearend = ed > self.ncc_ratio * (ey + 1.5 * self.noise)
+            # ... unless the converged filter explains the microphone: a loud stretch of bot speech, or an echo
+            # that slipped by a few ms (a playout underrun), leaves a residual above the learned ratio, but the
+            # mic then holds little more than the echo estimate
+            if (nearend and self.locked and self.n_al >= 25 and self.s_ee > 0.0
+                    and self.s_ed > 3.0 * self.s_ee and ed < self.veto_ratio * (ey + self.bg)):
+                nearend = 0
             # ... and louder than the recent background (echo residue + noise, babble included) by the same
             # margin: a burst of background voices is not the caller
             if nearend and ee <= self.bg_ratio * self.bg:

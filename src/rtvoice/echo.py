@@ -10,9 +10,11 @@ when it played, so it can subtract the echo:
   (a learned, peak-following residual-echo gain times the aligned reference energy; the loudest reference
   frame in the delay window before the delay is known, assuming 0 dB echo return loss until it has learned
   better). A frame is the caller only if it is also 9 dB above the line's background (the mean residual of
-  recent non-caller frames: bursts of background voices are not the caller); once the filter has converged,
-  a microphone holding clearly more than the filter's own echo estimate is the caller too, even when the
-  residual test is blunted by a noisy line.
+  recent non-caller frames: bursts of background voices are not the caller). Once the filter has converged,
+  its own echo estimate arbitrates: a microphone holding clearly more than it is the caller even when the
+  residual test is blunted by a noisy line, and one holding hardly more than it (mic < 1.1 x (estimate +
+  background)) is not, even when the residual jumped because the echo slipped by a few ms (a playout
+  underrun, jitter at the I/O edge).
   Adaptation freezes during double talk; a lost inbound frame advances the reference without adapting.
   Echo-only frames are brought down to the noise level (residual echo suppression), so a VAD run on the
   output sees the caller, not the bot. About 5 µs per frame per call.
@@ -43,6 +45,7 @@ MAX_SKIP_FRAMES = 25
 NEAR_END = 1
 REF_ACTIVE = 2
 LOCKED = 4
+_SILENCE = b"\xff" * FRAME
 #: outbound ring: far more than Twilio ever queues (max_queued_ms is <= 10 s in config, 200 ms by default)
 RING_BYTES = 1 << 17  # 16.4 s of μ-law
 
@@ -142,21 +145,24 @@ class ReferenceTap:
             self._epoch = ledger.epoch
             self._cursor = max(self._cursor, pos - FRAME)
         cursor = self._cursor
-        if pos - cursor > 3 * FRAME or cursor > pos + 3 * FRAME:
-            cursor = pos - FRAME
-        n = pos - cursor
+        # The reference advances exactly one frame per inbound frame while audio plays: the ledger's estimate
+        # moves by a few ms whenever a mark echo re-anchors it (and by wall-clock jitter at the I/O edge), and
+        # following it would shift the reference against the echo. Only a drift beyond 60 ms resyncs.
+        drift = pos - (cursor + FRAME)
+        if drift > 3 * FRAME or drift < -3 * FRAME:
+            cursor = max(pos - FRAME, 0)
         frame = self._frame
-        if n <= 0:
-            frame[:] = b"\xff" * FRAME
+        if cursor >= pos:
+            frame[:] = _SILENCE  # nothing (more) has played
         else:
-            n = min(n, FRAME, self._written - cursor)
-            if n < FRAME:
-                frame[: FRAME - n] = b"\xff" * (FRAME - n)
+            n = min(FRAME, self._written - cursor)
             at = cursor % RING_BYTES
             first = min(n, RING_BYTES - at)
-            frame[FRAME - n : FRAME - n + first] = self._ring[at : at + first]
+            frame[:first] = self._ring[at : at + first]
             if first < n:
-                frame[FRAME - n + first :] = self._ring[: n - first]
+                frame[first:n] = self._ring[: n - first]
+            if n < FRAME:
+                frame[n:] = _SILENCE[: FRAME - n]
             cursor += n
         self._cursor = cursor
         ulaw_decode(frame, self.pcm)
