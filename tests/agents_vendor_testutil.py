@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from rtvoice.agents.base import Agent
+from rtvoice.audio import ulaw_decode, ulaw_encode
 from rtvoice.sim import voice
 
 FRAME = 160  # 20 ms of μ-law at 8 kHz
@@ -72,7 +73,7 @@ async def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:  
 
 def speech_ulaw(text: str = "hello can you hear me", ms_per_char: float = 60.0) -> bytes:
     """Voiced synthetic speech (webrtcvad hears it) as μ-law 8 kHz."""
-    return voice.ulaw_encode(voice.render(text, 8000, ms_per_char))
+    return bytes(ulaw_encode(voice.render(text, 8000, ms_per_char)))
 
 
 def frames(ulaw: bytes) -> Iterator[tuple[bytes, memoryview]]:
@@ -81,7 +82,7 @@ def frames(ulaw: bytes) -> Iterator[tuple[bytes, memoryview]]:
     ulaw = ulaw + b"\xff" * pad
     for off in range(0, len(ulaw), FRAME):
         u = ulaw[off : off + FRAME]
-        pcm = voice.ulaw_decode(u).astype(np.int16)
+        pcm = ulaw_decode(u).astype(np.int16)
         yield u, memoryview(pcm)
 
 

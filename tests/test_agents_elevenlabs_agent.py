@@ -10,6 +10,7 @@ import pytest
 from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, wait_until
 from rtvoice.agents.base import CallInfo
 from rtvoice.agents.elevenlabs_agent import ElevenLabsAgent
+from rtvoice.audio import ulaw_encode
 from rtvoice.config import Settings
 from rtvoice.sim import voice
 from rtvoice.sim.elevenlabs_emulator import ElevenLabsConfig, ElevenLabsEmulator, Reply
@@ -51,7 +52,7 @@ async def test_turn_ulaw_passthrough_variables_pings(emu: ElevenLabsEmulator) ->
         await wait_until(lambda: sink.of("bot_audio") and len(sink.audio()) >= len(ANSWER) * 60 * 8)
         (item,) = {c[1] for c in sink.of("bot_audio")}
         assert item.startswith("el-")
-        assert sink.audio() == voice.ulaw_encode(voice.render(ANSWER, 8000, 60.0))  # untouched μ-law
+        assert sink.audio() == ulaw_encode(voice.render(ANSWER, 8000, 60.0))  # untouched μ-law
         assert ("caller_text", "When are you open?", True) in sink.calls
         assert ("bot_text", item, ANSWER, True) in sink.calls
         # the caller's μ-law reached the agent untouched

@@ -20,6 +20,7 @@ from elevenlabs.types import AudioOutput, AudioOutputMulti, FinalOutputMulti
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from rtvoice.audio import ulaw_decode, ulaw_encode
 from rtvoice.sim import voice
 from rtvoice.sim.elevenlabs_emulator import (
     ElevenLabsConfig,
@@ -61,7 +62,7 @@ def tts_url(emu: ElevenLabsEmulator, multi: bool = True, fmt: str = "ulaw_8000",
 
 
 def is_speech_ulaw(audio: bytes) -> float:
-    pcm = voice.ulaw_decode(audio)
+    pcm = ulaw_decode(audio)
     vad = webrtcvad.Vad(2)
     frames = [pcm[i : i + 160].tobytes() for i in range(0, len(pcm) - 159, 160)]
     return sum(vad.is_speech(f, 8000) for f in frames) / max(1, len(frames))
@@ -311,11 +312,11 @@ async def test_tts_fault_drop_and_refuse() -> None:
 
 
 def speech_ulaw(text: str = "hello can you help me", ms_per_char: float = 40.0) -> bytes:
-    return voice.ulaw_encode(voice.render(text, 8000, ms_per_char))
+    return bytes(ulaw_encode(voice.render(text, 8000, ms_per_char)))
 
 
 def silence_ulaw(ms: int) -> bytes:
-    return voice.ulaw_encode(np.zeros(ms * 8, dtype=np.int16))
+    return bytes(ulaw_encode(np.zeros(ms * 8, dtype=np.int16)))
 
 
 async def send_audio(ws: ClientConnection, data: bytes, chunk: int = 160) -> None:

@@ -48,6 +48,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from rtvoice.audio import alaw_encode, ulaw_encode
 from rtvoice.sim import voice
 from rtvoice.sim.openai_emulator import Reply, Script, ScriptCursor, ServerVad, _extras
 
@@ -77,9 +78,9 @@ def format_rate(fmt: str) -> int:
 def encode(samples: voice.Int16Array, fmt: str) -> bytes:
     """Samples at the format's rate -> bytes in the ElevenLabs format."""
     if fmt == "ulaw_8000":
-        return voice.ulaw_encode(samples)
+        return bytes(ulaw_encode(samples))
     if fmt == "alaw_8000":
-        return voice.alaw_encode(samples)
+        return bytes(alaw_encode(samples))
     return samples.astype("<i2").tobytes()
 
 

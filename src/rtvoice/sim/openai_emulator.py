@@ -53,6 +53,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from rtvoice.audio import Resampler, alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from rtvoice.sim import voice
 
 log = logging.getLogger("rtvoice.sim.openai")
@@ -343,20 +344,20 @@ def bytes_per_ms(fmt: str) -> int:
 
 
 def decode_to_8k(data: bytes, fmt: str) -> voice.Int16Array:
-    """Session-format bytes -> 8 kHz samples for the VAD."""
+    """Session-format bytes (whole samples) -> 8 kHz samples for the VAD ('pcm' is 24 kHz, one shot)."""
     if fmt == "pcmu":
-        return voice.ulaw_decode(data)
+        return ulaw_decode(data)
     if fmt == "pcma":
-        return voice.alaw_decode(data)
-    return voice.to_8k(voice.pcm16_decode(data), 24000)
+        return alaw_decode(data)
+    return Resampler(24000, 8000).process(data)
 
 
 def encode_from_pcm(samples: voice.Int16Array, fmt: str) -> bytes:
     """Samples rendered at the format's rate -> session-format bytes."""
     if fmt == "pcmu":
-        return voice.ulaw_encode(samples)
+        return bytes(ulaw_encode(samples))
     if fmt == "pcma":
-        return voice.alaw_encode(samples)
+        return bytes(alaw_encode(samples))
     return samples.astype("<i2").tobytes()
 
 
@@ -389,7 +390,9 @@ class ServerVad:
         # threshold 0..1 maps to webrtcvad aggressiveness and an energy floor (-55 dBFS .. -25 dBFS).
         self._vad = webrtcvad.Vad(min(3, max(0, int(threshold * 4))))
         self._floor = 32768.0 * 10 ** ((-55.0 + 30.0 * threshold) / 20.0)
-        self._pending = b""
+        self._pending = b""  # a trailing odd byte of 'pcm' input
+        # 'pcm' input goes to 8 kHz through the core's streaming resampler (state carries across feeds).
+        self._resampler = Resampler(rate, 8000) if fmt == "pcm" and rate != 8000 else None
         self._rest: voice.Int16Array = np.zeros(0, dtype=np.int16)
         self.position_ms = 0  # audio consumed, ms
         self.in_speech = False
@@ -402,10 +405,12 @@ class ServerVad:
         out: list[tuple[str, int]] = []
         if self.fmt == "pcm":
             buf = self._pending + data
-            group = 2 * max(1, self.rate // 8000)  # whole input samples per 8 kHz sample
-            cut = len(buf) - len(buf) % group
+            cut = len(buf) & ~1
             self._pending = buf[cut:]
-            samples = voice.to_8k(voice.pcm16_decode(buf[:cut]), self.rate)
+            if self._resampler is None:
+                samples = np.frombuffer(buf[:cut], dtype="<i2").astype(np.int16)
+            else:
+                samples = self._resampler.process(buf[:cut])
         else:
             samples = decode_to_8k(data, self.fmt)
         if len(self._rest):  # the 8 kHz remainder carries over between calls

@@ -105,10 +105,7 @@ def caller_audio(audio: AudioInput, rate: int = 8000) -> bytes:
 def _pcm_to_ulaw_8k(samples: npt.NDArray[np.int16], rate: int) -> bytes:
     from rtvoice import audio as core
 
-    samples = np.ascontiguousarray(samples, dtype=np.int16)
-    if rate == 8000:
-        return bytes(core.ulaw_encode(samples.tobytes()))
-    return bytes(core.to_ulaw_8k(samples.tobytes(), rate))
+    return core.to_ulaw_8k(np.ascontiguousarray(samples, dtype=np.int16), rate)
 
 
 # --- the caller's script
@@ -211,11 +208,10 @@ class CallScript:
 
 
 def _audible_table() -> npt.NDArray[np.bool_]:
-    """For each μ-law code: is it louder than ~-50 dBFS (|sample| > 100)? (G.711 decoding, table-free.)"""
-    codes = ~np.arange(256, dtype=np.int32) & 0xFF
-    exponent = (codes >> 4) & 0x07
-    magnitude = (((codes & 0x0F) << 3) + 0x84) << exponent
-    return np.asarray(np.abs(magnitude - 0x84) > 100)
+    """For each μ-law code: is it louder than ~-50 dBFS (|sample| > 100)?"""
+    from rtvoice.audio import ulaw_decode
+
+    return np.asarray(np.abs(ulaw_decode(bytes(range(256))).astype(np.int32)) > 100)
 
 
 _AUDIBLE = _audible_table()

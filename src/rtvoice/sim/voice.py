@@ -1,4 +1,4 @@
-"""A deterministic synthetic "voice" and G.711 codecs for the vendor emulators.
+"""A deterministic synthetic "voice" for the vendor emulators.
 
 The emulators must send audio that a real VAD (webrtcvad) hears as speech and whose length follows the text,
 so that barge-in and truncation tests have something real to measure. Each character gets a fixed slot of
@@ -7,8 +7,7 @@ shaped by two formants chosen from the character). Timing is therefore exact: ch
 ms_per_char``, which is what the alignment data (ElevenLabs) and the transcript truncation (OpenAI) rely on.
 
 Everything is synthesized directly at the requested sample rate (no resampling) and is pure: same text, same
-rate, same bytes. The codecs are numpy table look-ups built from the ITU G.711 reference algorithm (Sun's
-g711.c), which is what audioop implements; the tests check them bit-exactly against audioop.
+rate, same bytes. Codecs and resampling come from the compiled audio core (:mod:`rtvoice.audio`).
 """
 
 from __future__ import annotations
@@ -102,114 +101,3 @@ def char_timings(text: str, ms_per_char: float) -> tuple[list[int], list[int]]:
     starts = [round(i * ms_per_char) for i in range(len(text))]
     durations = [round((i + 1) * ms_per_char) - starts[i] for i in range(len(text))]
     return starts, durations
-
-
-# ------------------------------------------------------------------------------------------------ G.711
-
-
-def _ulaw_encode_one(pcm: int) -> int:
-    # Sun g711.c linear2ulaw on the 14-bit magnitude, as audioop.lin2ulaw does.
-    pcm >>= 2
-    if pcm < 0:
-        pcm = -pcm
-        mask = 0x7F
-    else:
-        mask = 0xFF
-    pcm = min(pcm, 8159) + 0x21
-    seg = 8
-    for i, end in enumerate((0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF)):
-        if pcm <= end:
-            seg = i
-            break
-    if seg >= 8:
-        return 0x7F ^ mask
-    return ((seg << 4) | ((pcm >> (seg + 1)) & 0xF)) ^ mask
-
-
-def _ulaw_decode_one(u: int) -> int:
-    u = ~u & 0xFF
-    t = ((u & 0x0F) << 3) + 0x84
-    t <<= (u & 0x70) >> 4
-    return (0x84 - t) if (u & 0x80) else (t - 0x84)
-
-
-def _alaw_encode_one(pcm: int) -> int:
-    pcm >>= 3
-    if pcm >= 0:
-        mask = 0xD5
-    else:
-        mask = 0x55
-        pcm = -pcm - 1
-    seg = 8
-    for i, end in enumerate((0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF)):
-        if pcm <= end:
-            seg = i
-            break
-    if seg >= 8:
-        return 0x7F ^ mask
-    aval = seg << 4
-    aval |= ((pcm >> 1) if seg < 2 else (pcm >> seg)) & 0xF
-    return aval ^ mask
-
-
-def _alaw_decode_one(a: int) -> int:
-    a ^= 0x55
-    t = (a & 0x0F) << 4
-    seg = (a & 0x70) >> 4
-    if seg == 0:
-        t += 8
-    elif seg == 1:
-        t += 0x108
-    else:
-        t = (t + 0x108) << (seg - 1)
-    return t if (a & 0x80) else -t
-
-
-@functools.cache
-def _tables() -> tuple[npt.NDArray[np.uint8], Int16Array, npt.NDArray[np.uint8], Int16Array]:
-    # Built once, lazily (65536-entry encode tables take ~0.1 s of pure Python).
-    values = range(-32768, 32768)
-    ulaw_enc = np.array([_ulaw_encode_one(v) for v in values], dtype=np.uint8)
-    alaw_enc = np.array([_alaw_encode_one(v) for v in values], dtype=np.uint8)
-    ulaw_dec = np.array([_ulaw_decode_one(b) for b in range(256)], dtype=np.int16)
-    alaw_dec = np.array([_alaw_decode_one(b) for b in range(256)], dtype=np.int16)
-    return ulaw_enc, ulaw_dec, alaw_enc, alaw_dec
-
-
-def ulaw_encode(pcm: Int16Array) -> bytes:
-    """16-bit PCM samples -> G.711 μ-law bytes (bit-exact with audioop.lin2ulaw)."""
-    return _tables()[0][pcm.astype(np.int32) + 32768].tobytes()
-
-
-def ulaw_decode(data: bytes) -> Int16Array:
-    """G.711 μ-law bytes -> 16-bit PCM samples."""
-    return _tables()[1][np.frombuffer(data, dtype=np.uint8)]
-
-
-def alaw_encode(pcm: Int16Array) -> bytes:
-    """16-bit PCM samples -> G.711 A-law bytes (bit-exact with audioop.lin2alaw)."""
-    return _tables()[2][pcm.astype(np.int32) + 32768].tobytes()
-
-
-def alaw_decode(data: bytes) -> Int16Array:
-    """G.711 A-law bytes -> 16-bit PCM samples."""
-    return _tables()[3][np.frombuffer(data, dtype=np.uint8)]
-
-
-def pcm16_decode(data: bytes) -> Int16Array:
-    """Little-endian 16-bit PCM bytes -> samples (a trailing odd byte is ignored)."""
-    return np.frombuffer(data[: len(data) & ~1], dtype="<i2").astype(np.int16)
-
-
-def to_8k(samples: Int16Array, rate: int) -> Int16Array:
-    """Crude decimation to 8 kHz for VAD only (box filter for integer ratios, else nearest sample)."""
-    if rate == 8000:
-        return samples
-    ratio = rate // 8000
-    if ratio * 8000 == rate:
-        n = len(samples) // ratio * ratio
-        box: Int16Array = samples[:n].reshape(-1, ratio).mean(axis=1).astype(np.int16)
-        return box
-    idx = (np.arange(len(samples) * 8000 // rate) * rate // 8000).astype(np.int64)
-    out: Int16Array = samples[idx]
-    return out
