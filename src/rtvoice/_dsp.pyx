@@ -1528,3 +1528,31 @@ cdef class EchoCancellerCore:
             flags |= _EC_F_LOCK
         self.last_flags = flags
         return flags
+
+
+# ======================================================================================================
+# ---- per-frame level for the VAD's level gate (rtvoice.vad; performance engineer) ----
+# One call per frame instead of numpy's frombuffer + abs + sum (three temporaries, ~3 µs).
+# ======================================================================================================
+
+def frame_abs_sum(pcm, Py_ssize_t n_samples):
+    """Sum of ``|sample|`` over the first ``n_samples`` int16 samples of ``pcm`` (any C-contiguous buffer
+    holding at least ``2 * n_samples`` bytes). Exact: an int64 accumulator (|-32768| counts as 32768)."""
+    cdef Py_buffer v
+    cdef const int16_t *s
+    cdef long long acc = 0
+    cdef int x
+    cdef Py_ssize_t i
+    if n_samples < 0:
+        raise ValueError("n_samples must be >= 0")
+    _get_in(pcm, &v, "pcm")
+    try:
+        if v.len < 2 * n_samples:
+            raise ValueError(f"pcm has {v.len} bytes; {n_samples} int16 samples need {2 * n_samples}")
+        s = <const int16_t *>v.buf
+        for i in range(n_samples):
+            x = s[i]
+            acc += x if x >= 0 else -x
+    finally:
+        PyBuffer_Release(&v)
+    return acc

@@ -635,6 +635,10 @@ class Scenario:
                 "RTVOICE_FASTPATH": "0" if args.no_fastpath else "1",
             }
         )
+        baseline = getattr(args, "server_pythonpath", None)
+        if baseline:
+            # --ab-baseline: this server runs another source tree (e.g. ``git archive`` of an older commit)
+            env["PYTHONPATH"] = baseline + os.pathsep + env.get("PYTHONPATH", "")
         self.vendor: _Proc | None = None
         self.profiles: list[Path] = []
         if mode != "echo":
@@ -667,6 +671,8 @@ class Scenario:
         if n_calls not in self.args.profile_at:
             return None
         variant = "-nofast" if getattr(self.args, "no_fastpath", False) else ""
+        if getattr(self.args, "server_pythonpath", None):
+            variant = "-baseline"
         path = Path(self.args.out) / f"profile-{self.mode}-{n_calls}{variant}.txt"
         # blocking sampling (py-spy pauses the server ~0.1 ms per sample): consistent stacks, ~2 % overhead
         cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
@@ -964,7 +970,11 @@ def run_ab(args: argparse.Namespace) -> str:
     for mode in args.modes:
         for _ in range(args.ab_rounds):
             for fast in (True, False):
-                args.no_fastpath = not fast
+                if args.ab_baseline:
+                    # "on" = this tree, "off" = the baseline tree (both with their fast paths on)
+                    args.server_pythonpath = None if fast else args.ab_baseline
+                else:
+                    args.no_fastpath = not fast
                 sc = Scenario(mode, args, out)
                 try:
                     row = sc.step(args.ab)
@@ -976,8 +986,9 @@ def run_ab(args: argparse.Namespace) -> str:
                 results.setdefault((mode, fast), []).append(row)
                 print(f"{mode} fastpath={'on' if fast else 'off'}: " + format_table([row]).splitlines()[-1],
                       flush=True)
+    variants = f"this tree / baseline {args.ab_baseline}" if args.ab_baseline else "fast paths on / off"
     lines = [
-        f"A/B at {args.ab} calls, {args.ab_rounds} interleaved rounds (fast paths on / off), server CPU % "
+        f"A/B at {args.ab} calls, {args.ab_rounds} interleaved rounds ({variants}), server CPU % "
         "of one core and p99 server-added latency per round:",
         "",
         "| mode | fast paths | CPU % per round | min CPU % | CPU µs per frame (min) | p99 ms per round |",
@@ -1017,6 +1028,9 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="instead of the ramp: fast paths on/off alternating at N calls (see --ab-rounds)")
     p.add_argument("--ab-rounds", type=int, default=3, help="rounds of the --ab comparison")
     p.add_argument("--no-fastpath", action="store_true", help="server with RTVOICE_FASTPATH=0 (A/B runs)")
+    p.add_argument("--ab-baseline", default="", metavar="SRC",
+                   help="--ab compares this tree (on) with the package under SRC (off), e.g. a git archive of "
+                        "an older commit's src/ with the built _dsp copied in; the server gets PYTHONPATH=SRC")
     p.add_argument("--keep-going", action="store_true",
                    help="stop a mode's ramp at the server's second failure, not its first")
     p.add_argument("--profile-at", default="", help="comma list of call counts to profile with py-spy")

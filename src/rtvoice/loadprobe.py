@@ -17,7 +17,7 @@ few hundred nanoseconds per sample and no allocation:
   was stalled (a long iteration, a GC pause) and a frame arriving then would have waited as long.
 - **processing** (``frame``): the per-frame time :mod:`rtvoice.call.session` already measures for
   ``rtvoice_frame_processing_seconds`` (``on_text`` of a ``media`` message, the agent's ``send_audio``
-  included). The probe wraps that histogram's ``observe`` to keep a finer copy (10 µs buckets).
+  included). The probe taps ``metrics.FRAME_STATS`` to keep a finer copy (10 µs buckets).
 
 The reported server-added latency is the distribution of wait + processing, assuming the two independent
 (convolution of the two histograms); its max is the sum of the maxima.
@@ -124,21 +124,6 @@ def quantile_us(dist: dict[int, float], q: float) -> float:
     return (max(dist) + 1) * BUCKET_NS / 1000.0 if dist else 0.0
 
 
-class _ObserveTap:
-    """Stands in for ``metrics.FRAME_PROCESSING``: forwards to it and keeps a fine copy of each sample."""
-
-    def __init__(self, inner: Any, hist: Histogram) -> None:
-        self._inner = inner
-        self._hist = hist
-
-    def observe(self, seconds: float, *args: Any, **kwargs: Any) -> None:
-        self._hist.record(int(seconds * 1e9))
-        self._inner.observe(seconds, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 class LoadProbe:
     """The loop-lag timer and the two histograms (see the module docstring)."""
 
@@ -171,11 +156,11 @@ class LoadProbe:
             gc.callbacks.append(on_gc)
 
     def tap_metrics(self) -> None:
-        """Route ``metrics.FRAME_PROCESSING.observe`` through :attr:`frame` as well."""
+        """Record every per-frame processing time (``metrics.FRAME_STATS``, the source of
+        ``rtvoice_frame_processing_seconds``) into :attr:`frame` as well."""
         from rtvoice import metrics
 
-        if not isinstance(metrics.FRAME_PROCESSING, _ObserveTap):
-            metrics.FRAME_PROCESSING = _ObserveTap(metrics.FRAME_PROCESSING, self.frame)  # type: ignore[assignment]
+        metrics.FRAME_STATS.tap = self.frame.record
 
     def start(self) -> None:
         """Arm the loop-lag timer on the running loop (idempotent)."""

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 # the C extension behind webrtcvad.Vad: called directly to skip the wrapper's per-call checks
 import _webrtcvad  # type: ignore[import-not-found]
-import numpy as np
 import webrtcvad
+
+from rtvoice._dsp import frame_abs_sum  # one C call per frame (numpy's abs + sum made three temporaries)
 
 if TYPE_CHECKING:
     from rtvoice.config import Settings
@@ -121,7 +122,7 @@ class VoiceActivity:
         job.
         """
         speech = _webrtcvad.process(self._handle, SAMPLE_RATE, pcm, FRAME_SAMPLES)
-        level = float(np.abs(np.frombuffer(pcm, np.int16, FRAME_SAMPLES)).sum(dtype=np.int64)) / FRAME_SAMPLES
+        level = frame_abs_sum(pcm, FRAME_SAMPLES) / FRAME_SAMPLES
         if speech:
             gate = self.noise_floor * NOISE_RATIO
             speech = level >= (gate if gate > MIN_SPEECH_LEVEL else MIN_SPEECH_LEVEL)

@@ -8,6 +8,8 @@
   dying at startup), and exits 0 when they all exited 0. Metrics of all workers are aggregated through
   prometheus-client's multiprocess mode (see :mod:`rtvoice.metrics`).
 
+GC: once serving, ``gc.freeze()`` and a larger young generation (see :func:`_tune_gc`).
+
 Graceful shutdown (SIGTERM or SIGINT): stop accepting, run ``App.on_shutdown``, let active WebSockets (calls)
 run for up to ``drain_timeout_s`` (``--drain-timeout`` / ``RTVOICE_DRAIN_TIMEOUT``), close what remains with
 1001, exit 0.
@@ -209,6 +211,7 @@ async def _serve(settings: Settings, factory: Callable[[Settings], Any], *, work
         sock.close()
         raise
     server = await start_server(app, settings, sock=sock)
+    _tune_gc()
     if worker:
         print(f"rtvoice: worker {os.getpid()} listening on {settings.host}:{port}", flush=True)
     else:
@@ -223,6 +226,27 @@ async def _serve(settings: Settings, factory: Callable[[Settings], Any], *, work
     await server.shutdown()
     log.info("stopped")
     return 0
+
+
+#: Young-generation GC threshold of a serving process (CPython's default: 700 allocations). Per-frame objects
+#: die by reference counting and do not trigger collections; what does is calls being set up (SDK objects,
+#: buffers), and with hundreds of calls each young collection also walks every object of the calls set up
+#: since the last older collection. A larger young generation means far fewer collections during ramps.
+GC_GEN0_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """After start-up: ``gc.freeze()`` moves everything alive now (modules, the OpenAI SDK's pydantic models,
+    the app) to the permanent generation, so no collection ever walks it again (a full collection at 500
+    calls took ~100 ms before, stalling every call), and the young generation is made larger (see
+    ``GC_GEN0_THRESHOLD``). Objects stay collectable by reference counting; only the cycle detector skips
+    the frozen ones."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _supervise(settings: Settings, app_spec: str) -> int:
