@@ -37,19 +37,20 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from rtvoice.audio import alaw_encode, ulaw_encode
 from rtvoice.sim import voice
+from rtvoice.sim.emulator_base import EmulatorServer, json_response
 from rtvoice.sim.openai_emulator import Reply, Script, ScriptCursor, ServerVad, _extras
 
 log = logging.getLogger("rtvoice.sim.elevenlabs")
@@ -844,7 +845,7 @@ class ConvaiSession:
 # ------------------------------------------------------------------------------------------------ server edge
 
 
-class ElevenLabsEmulator:
+class ElevenLabsEmulator(EmulatorServer):
     """The server: ``base_url`` is ``http://127.0.0.1:PORT`` (``ELEVENLABS_BASE_URL``); same port for WS."""
 
     def __init__(
@@ -856,22 +857,14 @@ class ElevenLabsEmulator:
         config: ElevenLabsConfig | None = None,
         faults: ElevenLabsFaults | None = None,
     ) -> None:
-        if script is None:
-            script = Script()
-        elif not isinstance(script, Script):
-            script = Script(script)
-        self.script = script
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
+        self.script = Script.of(script)
         self.config = config or ElevenLabsConfig()
         self.faults = faults or ElevenLabsFaults()
         self.tts_validator = TtsValidator()
         self.tts_sessions: list[TtsSession] = []
         self.conversations: list[ConvaiSession] = []
-        self.rejected_handshakes: list[tuple[int, str]] = []
         self.signed: dict[str, tuple[str, float]] = {}  #: signature -> (agent_id, expiry)
-        self._server: Server | None = None
-        self._changed = asyncio.Event()
 
     @property
     def base_url(self) -> str:
@@ -883,63 +876,23 @@ class ElevenLabsEmulator:
         """WebSocket base URL."""
         return f"ws://{self.host}:{self.port}"
 
-    async def start(self) -> None:
-        """Bind and serve (port 0 picks a free port)."""
-        self._server = await serve(
-            self._handler,
-            self.host,
-            self.port,
-            process_request=self._process_request,
-            max_size=16 * 1024 * 1024,
-            compression=None,
-        )
-        self.port = next(iter(self._server.sockets)).getsockname()[1]
+    def _serve_options(self) -> dict[str, Any]:
+        return {"max_size": 16 * 1024 * 1024}
 
-    async def stop(self) -> None:
-        """Close everything.
-
-        Generation tasks are cancelled first: a session stalled by a fault (``stall_first_audio``) would otherwise
-        keep its handler waiting for audio that never comes, and ``wait_closed`` with it.
-        """
-        if self._server is not None:
-            for session in self.tts_sessions:
-                for ctx in session.contexts.values():
-                    if ctx.task is not None:
-                        ctx.task.cancel()
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> ElevenLabsEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def _before_stop(self) -> None:
+        # Generation tasks are cancelled first: a session stalled by a fault (``stall_first_audio``) would
+        # otherwise keep its handler waiting for audio that never comes, and ``wait_closed`` with it.
+        for session in self.tts_sessions:
+            for ctx in session.contexts.values():
+                if ctx.task is not None:
+                    ctx.task.cancel()
 
     def key_ok(self, key: str) -> bool:
         """Whether an API key is accepted."""
         return bool(key) and (self.config.api_key is None or key == self.config.api_key)
 
-    def _notify(self) -> None:
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """Wait until ``predicate()`` holds (re-checked on every client message and every 10 ms)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not predicate():
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError("condition not met within timeout")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 0.01))
-
     def _json(self, connection: ServerConnection, status: HTTPStatus, body: JSON) -> Response:
-        resp = connection.respond(status, json.dumps(body))
-        resp.headers["Content-Type"] = "application/json"
-        return resp
+        return json_response(connection, status, body)
 
     def _reject(self, connection: ServerConnection, status: HTTPStatus, message: str, code: str) -> Response:
         self.rejected_handshakes.append((int(status), message))

@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import webrtcvad
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -55,6 +55,7 @@ from websockets.typing import Subprotocol
 
 from rtvoice.audio import Resampler, alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from rtvoice.sim import voice
+from rtvoice.sim.emulator_base import EmulatorServer, json_response
 
 log = logging.getLogger("rtvoice.sim.openai")
 
@@ -98,6 +99,13 @@ class Script:
     def __init__(self, replies: Iterable[str | Reply] = (), default: str | Reply | None = "Sure.") -> None:
         self.replies: list[Reply] = [r if isinstance(r, Reply) else Reply(text=r) for r in replies]
         self.default: Reply | None = Reply(text=default) if isinstance(default, str) else default
+
+    @classmethod
+    def of(cls, script: Script | Sequence[str | Reply] | None) -> Script:
+        """``script`` itself, a script of these replies, or (None) the default-only script."""
+        if isinstance(script, Script):
+            return script
+        return cls() if script is None else cls(script)
 
     def cursor(self) -> ScriptCursor:
         """A per-session position in the script."""
@@ -1140,11 +1148,15 @@ class RealtimeSession:
         item["arguments"] = call.arguments
         item["status"] = "completed"
         resp.text_sent = call.arguments
+        await self._item_done(resp, item, len(resp.output) - 1)
+
+    async def _item_done(self, resp: ActiveResponse, item: JSON, output_index: int) -> None:
+        """``response.output_item.done`` (and ``conversation.item.done`` for an in-conversation response)."""
         await self.send(
             {
                 "type": "response.output_item.done",
                 "response_id": resp.id,
-                "output_index": len(resp.output) - 1,
+                "output_index": output_index,
                 "item": copy.deepcopy(item),
             }
         )
@@ -1232,18 +1244,7 @@ class RealtimeSession:
             await self.send({"type": "response.output_text.done", **ids, "text": text})
         await self.send({"type": "response.content_part.done", **ids, "part": _event_part(part)})
         item["status"] = "completed"
-        await self.send(
-            {
-                "type": "response.output_item.done",
-                "response_id": resp.id,
-                "output_index": len(resp.output) - 1,
-                "item": copy.deepcopy(item),
-            }
-        )
-        if resp.in_conversation:
-            await self.send(
-                {"type": "conversation.item.done", "item": copy.deepcopy(item), "previous_item_id": None}
-            )
+        await self._item_done(resp, item, len(resp.output) - 1)
 
     async def _finish(self, resp: ActiveResponse, status: str, details: JSON | None) -> None:
         text = resp.text_sent
@@ -1313,29 +1314,14 @@ class RealtimeSession:
                 if stored:
                     stored.full_text = resp.text_sent
                     stored.data = item
-                await self.send(
-                    {
-                        "type": "response.output_item.done",
-                        "response_id": resp.id,
-                        "output_index": idx,
-                        "item": copy.deepcopy(item),
-                    }
-                )
-                if resp.in_conversation:
-                    await self.send(
-                        {
-                            "type": "conversation.item.done",
-                            "item": copy.deepcopy(item),
-                            "previous_item_id": None,
-                        }
-                    )
+                await self._item_done(resp, item, idx)
         await self._finish(resp, "cancelled", {"type": "cancelled", "reason": reason})
 
 
 # ------------------------------------------------------------------------------------------------ server edge
 
 
-class OpenAIRealtimeEmulator:
+class OpenAIRealtimeEmulator(EmulatorServer):
     """The WebSocket server. ``url`` is the SDK's ``websocket_base_url`` (``ws://127.0.0.1:PORT/v1``)."""
 
     def __init__(
@@ -1347,20 +1333,12 @@ class OpenAIRealtimeEmulator:
         config: OpenAIEmulatorConfig | None = None,
         faults: OpenAIFaults | None = None,
     ) -> None:
-        if script is None:
-            script = Script()
-        elif not isinstance(script, Script):
-            script = Script(script)
-        self.script = script
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
+        self.script = Script.of(script)
         self.config = config or OpenAIEmulatorConfig()
         self.faults = faults or OpenAIFaults()
         self.validator = EventValidator()
         self.sessions: list[RealtimeSession] = []
-        self.rejected_handshakes: list[tuple[int, str]] = []
-        self._server: Server | None = None
-        self._changed = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -1372,48 +1350,12 @@ class OpenAIRealtimeEmulator:
         """Every validated client event of every session, in arrival order per session (sessions in order)."""
         return [ev for s in self.sessions for ev in s.received]
 
-    async def start(self) -> None:
-        """Bind and start serving (port 0 picks a free port)."""
-        self._server = await serve(
-            self._handler,
-            self.host,
-            self.port,
-            process_request=self._process_request,
-            subprotocols=[Subprotocol("openai-beta.realtime-v1")],  # beta clients get the real rejection
-            select_subprotocol=self._select_subprotocol,
-            max_size=16 * 1024 * 1024 * 2,
-            compression=None,
-        )
-        sock = next(iter(self._server.sockets))
-        self.port = sock.getsockname()[1]
-
-    async def stop(self) -> None:
-        """Close every session and the listening socket."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> OpenAIRealtimeEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def _notify(self) -> None:
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """Wait until ``predicate()`` holds (re-checked on every client event and every 10 ms)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not predicate():
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                raise TimeoutError("condition not met within timeout")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 0.01))
+    def _serve_options(self) -> dict[str, Any]:
+        return {
+            "subprotocols": [Subprotocol("openai-beta.realtime-v1")],  # beta clients get the real rejection
+            "select_subprotocol": self._select_subprotocol,
+            "max_size": 16 * 1024 * 1024 * 2,
+        }
 
     async def wait_for_event(
         self,
@@ -1459,9 +1401,7 @@ class OpenAIRealtimeEmulator:
 
     def _reject(self, connection: ServerConnection, status: HTTPStatus, body: JSON) -> Response:
         self.rejected_handshakes.append((int(status), body["error"]["message"]))
-        resp = connection.respond(status, json.dumps(body) + "\n")
-        resp.headers["Content-Type"] = "application/json"
-        return resp
+        return json_response(connection, status, body, newline=True)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.faults.refuse_connections:
