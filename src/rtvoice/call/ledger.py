@@ -26,6 +26,11 @@ BYTES_PER_MS = 8
 #: How many retired (cleared) mark names are remembered so their echoes can be told apart from unknown names.
 #: Twilio echoes them right after the clear, so a few dozen would do; 256 short strings is a few KiB.
 MAX_RETIRED_MARKS = 256
+#: How far (ms) an echo's time stamp may precede the earliest moment its audio can have finished playing before
+#: the ledger treats the stamp as stale. The call stamps an echo with its inbound-frame clock, which is off by
+#: up to half a frame (10 ms) when frames arrive on time, but lags by whole frames when inbound frames were
+#: lost: the clock only advances when a frame arrives.
+MARK_TIME_SLACK_MS = 10
 
 
 @dataclass(slots=True)
@@ -92,6 +97,8 @@ class PlaybackLedger:
         self.marks_played = 0
         self.marks_discarded = 0
         self.marks_unknown = 0
+        #: Echoes whose time stamp was earlier than their audio could have played (a stale clock), re-stamped.
+        self.marks_restamped = 0
         #: Number of clears so far (the "epoch").
         self.epoch = 0
 
@@ -175,6 +182,16 @@ class PlaybackLedger:
             if key == name:
                 break
         self.marks_played += 1
+        # Audio plays no faster than real time: the mark's audio cannot have finished before the earliest time
+        # the walk from the current anchor allows. A stamp well before that comes from a stale clock (the
+        # call's clock stands still while inbound frames are lost, and anchoring there would overstate what
+        # was heard by 20 ms per lost frame until the next echo); the earliest feasible time is then the best
+        # estimate. Stamps within the slack are kept as they are: clamping every one would ratchet the anchor
+        # towards the latest end of the stamps' +-10 ms uncertainty.
+        earliest = self._earliest_end(info.position)
+        if now < earliest - MARK_TIME_SLACK_MS:
+            now = earliest
+            self.marks_restamped += 1
         self._walk_now = -1
         if info.position > self._anchor_pos:
             self._anchor_pos = info.position
@@ -242,6 +259,24 @@ class PlaybackLedger:
             i += 1
         self._walk_i, self._walk_pos, self._walk_clock, self._walk_now = i, pos, clock, now
         return pos if result < 0 else result
+
+    def _earliest_end(self, position: int) -> int:
+        """Earliest stream time (ms) at which audio up to ``position`` can have finished playing: from the
+        anchor at real-time rate, each chunk starting no earlier than it was sent (the inverse of
+        :meth:`played_pos`)."""
+        pos, clock = self._anchor_pos, self._anchor_t
+        if position <= pos:
+            return clock
+        for c in self._chunks:
+            if c.end <= pos:
+                continue
+            start_pos = c.start if c.start > pos else pos
+            start_t = c.sent_at if c.sent_at > clock else clock
+            if position <= c.end:
+                return start_t + (position - start_pos) // BYTES_PER_MS
+            clock = start_t + (c.end - start_pos) // BYTES_PER_MS
+            pos = c.end
+        return clock
 
     def queued_ms(self, now: int) -> int:
         """Audio sent but (by the estimate) not yet played at ``now``, in ms."""
