@@ -75,6 +75,7 @@ class VoiceActivity:
         "_vad",
         "frames",
         "hangover_frames",
+        "last_ms",
         "noise_floor",
         "onset_frames",
         "onset_ms",
@@ -102,6 +103,8 @@ class VoiceActivity:
         #: Frames classified, and how many of them were speech (for tests and stats).
         self.frames = 0
         self.speech_frames = 0
+        #: Stream time of the last frame fed (``update``'s ``t_ms``).
+        self.last_ms = 0
         #: Mean absolute level of recent non-speech frames.
         self.noise_floor = 0.0
 
@@ -133,6 +136,7 @@ class VoiceActivity:
     def update(self, speech: bool, t_ms: int) -> VadEvent | None:
         """Advance the state machine with an already-classified frame (the seam for an echo-aware gate)."""
         self.frames += 1
+        self.last_ms = t_ms
         if speech:
             self.speech_frames += 1
             if self.speaking:
