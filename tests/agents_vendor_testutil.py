@@ -7,15 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from rtvoice.agents.base import Agent
+from rtvoice.agents.base import Agent, CallInfo
 from rtvoice.audio import ulaw_decode, ulaw_encode
 from rtvoice.sim import voice
 
 FRAME = 160  # 20 ms of μ-law at 8 kHz
+A = TypeVar("A", bound=Agent)
 
 
 class RecordingSink:
@@ -61,6 +62,14 @@ class RecordingSink:
 
     def faults(self) -> list[tuple[str, bool]]:
         return [(c[1], c[3]) for c in self.of("fault")]
+
+
+async def start_agent(agent: A, call: CallInfo) -> tuple[A, RecordingSink]:
+    """Prepare ``agent`` and start it on ``call`` with a fresh :class:`RecordingSink`."""
+    sink = RecordingSink()
+    await agent.prepare()
+    await agent.start(call, sink)
+    return agent, sink
 
 
 async def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109

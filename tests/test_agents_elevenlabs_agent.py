@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, wait_until
+from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, start_agent, wait_until
 from rtvoice.agents.base import CallInfo
 from rtvoice.agents.elevenlabs_agent import ElevenLabsAgent
 from rtvoice.audio import ulaw_encode
@@ -33,11 +33,7 @@ def make_settings(emu: ElevenLabsEmulator, **kw: Any) -> Settings:
 
 
 async def started(settings: Settings) -> tuple[ElevenLabsAgent, RecordingSink]:
-    agent = ElevenLabsAgent(settings)
-    sink = RecordingSink()
-    await agent.prepare()
-    await agent.start(CALL, sink)
-    return agent, sink
+    return await start_agent(ElevenLabsAgent(settings), CALL)
 
 
 async def test_turn_ulaw_passthrough_variables_pings(emu: ElevenLabsEmulator) -> None:

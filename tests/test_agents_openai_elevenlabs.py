@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, wait_until
+from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, start_agent, wait_until
 from rtvoice.agents.base import CallInfo, Heard
 from rtvoice.agents.openai_elevenlabs import OpenAIElevenLabsAgent
 from rtvoice.config import ConfigError, Settings
@@ -36,11 +36,7 @@ def make_settings(oa: OpenAIRealtimeEmulator, el: ElevenLabsEmulator, **kw: Any)
 
 
 async def started(settings: Settings) -> tuple[OpenAIElevenLabsAgent, RecordingSink]:
-    agent = OpenAIElevenLabsAgent(settings)
-    sink = RecordingSink()
-    await agent.prepare()
-    await agent.start(CALL, sink)
-    return agent, sink
+    return await start_agent(OpenAIElevenLabsAgent(settings), CALL)
 
 
 def test_missing_elevenlabs_key_is_a_clear_startup_error() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, wait_until
+from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, start_agent, wait_until
 from rtvoice.agents.base import CallInfo, Heard
 from rtvoice.agents.openai_realtime import OpenAIRealtimeAgent
 from rtvoice.config import ConfigError, Settings
@@ -44,11 +44,7 @@ async def emu() -> AsyncIterator[OpenAIRealtimeEmulator]:
 
 
 async def started(settings: Settings, **kw: Any) -> tuple[OpenAIRealtimeAgent, RecordingSink]:
-    agent = OpenAIRealtimeAgent(settings, **kw)
-    sink = RecordingSink()
-    await agent.prepare()
-    await agent.start(CALL, sink)
-    return agent, sink
+    return await start_agent(OpenAIRealtimeAgent(settings, **kw), CALL)
 
 
 def session_events(emu: OpenAIRealtimeEmulator, etype: str, session: int = -1) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import pytest
 import webrtcvad
 from openai import AsyncOpenAI
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -28,6 +28,7 @@ from rtvoice.sim.openai_emulator import (
     Reply,
     Script,
     ServerVad,
+    _extras,
 )
 
 FAST = OpenAIEmulatorConfig(ms_per_char=20.0, chunk_ms=100)
@@ -58,18 +59,6 @@ def _server_adapters() -> dict[str, TypeAdapter[Any]]:
 
 
 SERVER = _server_adapters()
-
-
-def _extras(value: Any, path: str = "") -> list[str]:
-    found: list[str] = []
-    if isinstance(value, BaseModel):
-        found.extend(f"{path}{k}" for k in value.model_extra or {})
-        for name in value.model_fields_set:
-            found.extend(_extras(getattr(value, name), f"{path}{name}."))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found.extend(_extras(v, f"{path}[{i}]."))
-    return found
 
 
 # Fields the GA wire carries but the SDK's server models do not declare (they accept them as extras).

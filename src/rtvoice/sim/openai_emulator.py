@@ -167,7 +167,7 @@ def _client_event_models() -> dict[str, type[BaseModel]]:
     return out
 
 
-def _extras(value: Any, path: str) -> list[str]:
+def _extras(value: Any, path: str = "") -> list[str]:
     """Dotted paths of fields the SDK models accepted only as extras (they allow extras; OpenAI does not)."""
     found: list[str] = []
     if isinstance(value, BaseModel):
