@@ -114,6 +114,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._failed = False
         self._lost = False
         self._on_close_called = False
+        #: While not None, ``_flush`` collects frames here and ``_uncork`` writes them at once.
+        self._cork: list[bytes] | None = None
 
     # --- start ----------------------------------------------------------------------------------------------
 
@@ -191,6 +193,22 @@ class WebSocketConnection(asyncio.Protocol):
     # --- asyncio.Protocol -----------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        # Cork: everything the handler sends while it processes these bytes (an inbound frame's media and
+        # mark messages, the 'clear' of a barge-in) leaves in one transport write (one send syscall) instead of
+        # one per message.
+        self._cork = []
+        try:
+            self._data_received(data)
+        finally:
+            self._uncork()
+
+    def _uncork(self) -> None:
+        cork = self._cork
+        self._cork = None
+        if cork:
+            self._transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
+
+    def _data_received(self, data: bytes) -> None:
         proto = self._proto
         # Fast path (rtvoice.server.fastframes): whole, unfragmented, masked data frames at a frame boundary
         # are unframed here; the library gets everything from the first other frame on.
@@ -352,10 +370,13 @@ class WebSocketConnection(asyncio.Protocol):
                     if self._queued > self._limits.send_queue_limit_bytes:
                         self._overflow()
                         return
+                elif self._cork is not None:
+                    self._cork.append(data)
                 else:
                     transport.write(data)
             else:
                 # SEND_EOF: the server closes TCP once the close frame (and anything before it) is out.
+                self._uncork()
                 self._arm_close_timer()
                 if self._queue:
                     self._eof_pending = True
