@@ -7,8 +7,6 @@ refused with 1008 while another call keeps streaming.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,16 +15,15 @@ import numpy as np
 import pytest
 
 from call_fakes import voiced
+from e2e_testutil import TOKEN, serving
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.echo import EchoAgent
 from rtvoice.call.registry import CallRegistry
 from rtvoice.call.session import load_apology
 from rtvoice.config import Settings
-from rtvoice.routes import build_app
-from rtvoice.server.http import RunningServer, start_server
+from rtvoice.server.http import RunningServer
 from rtvoice.sim.twilio import CallScript, Faults, SimulatedTwilio
 
-TOKEN = "test-auth-token-0123456789abcdef"
 SPEED = 5.0  # stream time runs 5x faster than wall time
 TIMEOUT = 60.0
 
@@ -43,18 +40,6 @@ class Rig:
 @asynccontextmanager
 async def running(factory: Callable[[Settings], Agent] | None = None) -> AsyncIterator[Rig]:
     """rtvoice's real app (routes, webhook, session) on loopback, and a simulated Twilio pointed at it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    settings = Settings(
-        port=port,
-        public_base_url=f"http://127.0.0.1:{port}",
-        twilio_auth_token=TOKEN,
-        agent="echo",
-        echo_delay_ms=300,
-        vad_onset_frames=3,
-        vad_hangover_frames=10,
-    )
     agents: list[Agent] = []
 
     def make(s: Settings) -> Agent:
@@ -62,15 +47,9 @@ async def running(factory: Callable[[Settings], Agent] | None = None) -> AsyncIt
         agents.append(agent)
         return agent
 
-    registry = CallRegistry(settings, agent_factory=make)
-    app = build_app(settings, registry)
-    server = await start_server(app, settings, sock=sock)
-    twilio = SimulatedTwilio(f"http://127.0.0.1:{port}", auth_token=TOKEN, speed=SPEED)
-    try:
-        yield Rig(settings, server, registry, twilio, agents)
-    finally:
-        await registry.shutdown()
-        await asyncio.wait_for(server.shutdown(0.0), 20)
+    async with serving(make, agent="echo", echo_delay_ms=300, vad_onset_frames=3, vad_hangover_frames=10) as srv:
+        twilio = SimulatedTwilio(f"http://127.0.0.1:{srv.port}", auth_token=TOKEN, speed=SPEED)
+        yield Rig(srv.settings, srv.server, srv.registry, twilio, agents)
 
 
 @pytest.fixture

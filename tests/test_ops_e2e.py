@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +19,17 @@ from typing import Any
 import pytest
 
 from call_fakes import voiced
+from e2e_testutil import TOKEN, serving
 from rtvoice import records_cli
 from rtvoice.audio import read_wav
 from rtvoice.call.registry import CallRegistry
 from rtvoice.cli import build_parser
 from rtvoice.config import Settings
-from rtvoice.records import CallRecords, attach
-from rtvoice.routes import build_app
-from rtvoice.server.http import RunningServer, start_server
+from rtvoice.records import CallRecords
+from rtvoice.server.http import RunningServer
 from rtvoice.sim.openai_emulator import FunctionCall, OpenAIEmulatorConfig, OpenAIRealtimeEmulator, Reply
 from rtvoice.sim.twilio import CallScript, SimulatedTwilio
 
-TOKEN = "test-auth-token-0123456789abcdef"
 OUR_NUMBER = "+15550001000"
 CALLER = "+15557654321"
 TIMEOUT = 60.0
@@ -79,34 +77,22 @@ async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[R
             function_call=FunctionCall("end_call", '{"reason": "caller said goodbye"}'),
         ),
     ]
-    emu = OpenAIRealtimeEmulator(script, config=OpenAIEmulatorConfig(ms_per_char=40.0))
-    await emu.start()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    settings = Settings(
-        port=port,
-        public_base_url=f"http://127.0.0.1:{port}",
-        twilio_auth_token=TOKEN,
-        agent="echo",  # the global agent: the profile switches this number to openai
-        openai_api_key="sk-test",
-        openai_websocket_base_url=emu.url,
-        openai_audio_format="pcmu",
-        db_path=str(tmp_path / "calls.sqlite3"),
-        profiles_path=str(profiles),
-        record_audio_dir=str(tmp_path / "audio"),
-        **overrides,
-    )
-    registry = CallRegistry(settings)
-    records = attach(registry, settings)
-    server = await start_server(build_app(settings, registry), settings, sock=sock)
-    try:
-        yield Rig(settings, server, registry, records, emu, port)
-    finally:
-        await registry.shutdown()
-        await asyncio.wait_for(server.shutdown(0.0), 20)
-        await emu.stop()
-        records.close()
+    async with (
+        OpenAIRealtimeEmulator(script, config=OpenAIEmulatorConfig(ms_per_char=40.0)) as emu,
+        serving(
+            record=True,
+            agent="echo",  # the global agent: the profile switches this number to openai
+            openai_api_key="sk-test",
+            openai_websocket_base_url=emu.url,
+            openai_audio_format="pcmu",
+            db_path=str(tmp_path / "calls.sqlite3"),
+            profiles_path=str(profiles),
+            record_audio_dir=str(tmp_path / "audio"),
+            **overrides,
+        ) as srv,
+    ):
+        assert srv.records is not None
+        yield Rig(srv.settings, srv.server, srv.registry, srv.records, emu, srv.port)
 
 
 async def _record(rig: Rig, sid: str) -> dict[str, Any]:

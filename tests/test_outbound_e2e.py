@@ -5,7 +5,6 @@ the echo agent answers; the call leaves a record in SQLite; a REST hang-up ends 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +13,17 @@ from typing import Any
 import pytest
 
 from call_fakes import voiced
+from e2e_testutil import TOKEN, serving
 from rtvoice.agents.echo import EchoAgent
 from rtvoice.call.registry import CallRegistry
 from rtvoice.config import Settings
-from rtvoice.records import CallRecords, attach
-from rtvoice.routes import build_app
-from rtvoice.server.http import RunningServer, start_server
+from rtvoice.records import CallRecords
+from rtvoice.server.http import RunningServer
 from rtvoice.sim.twilio import CallScript
 from rtvoice.sim.twilio_rest import SimCall, TwilioRestSim, media_stream_dialer
 from rtvoice.twilio.outbound import hang_up, place_call
 
 ACCOUNT = "AC" + "c3" * 16
-TOKEN = "test-auth-token-0123456789abcdef"
 OUR_NUMBER = "+15550001000"
 CALLEE = "+15557654321"
 SPEED = 5.0
@@ -55,33 +53,24 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         '[profiles.sales]\ninstructions = "Sales call to {caller}."\nagent = "echo"\n'
         "[profiles.sales.turn_detection]\nmax_queued_ms = 300\n"
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     sim = TwilioRestSim(ACCOUNT, TOKEN, dialer=media_stream_dialer(script=script_for, speed=SPEED))
     await sim.start()
-    settings = Settings(
-        port=port,
-        public_base_url=f"http://127.0.0.1:{port}",
+    async with serving(
+        EchoAgent,
+        record=True,
         twilio_account_sid=ACCOUNT,
-        twilio_auth_token=TOKEN,
         twilio_phone_number=OUR_NUMBER,
         twilio_api_base_url=sim.base_url,
         agent="echo",
         echo_delay_ms=300,
         db_path=str(tmp_path / "calls.sqlite3"),
         profiles_path=str(profiles),
-    )
-    registry = CallRegistry(settings, agent_factory=EchoAgent)
-    records = attach(registry, settings)
-    server = await start_server(build_app(settings, registry), settings, sock=sock)
-    try:
-        yield Rig(settings, server, registry, records, sim, scripts)
-    finally:
-        await sim.close()
-        await registry.shutdown()
-        await asyncio.wait_for(server.shutdown(0.0), 20)
-        records.close()
+    ) as srv:
+        assert srv.records is not None
+        try:
+            yield Rig(srv.settings, srv.server, srv.registry, srv.records, sim, scripts)
+        finally:
+            await sim.close()
 
 
 async def _record(rig: Rig, sid: str) -> dict[str, Any]:

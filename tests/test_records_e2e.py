@@ -9,13 +9,13 @@ import socket
 from pathlib import Path
 
 from call_fakes import voiced
+from e2e_testutil import TOKEN, loopback_settings, loopback_socket
 from rtvoice.config import Settings
 from rtvoice.records import CallRecords
 from rtvoice.routes import build_app
 from rtvoice.server.http import start_server
 from rtvoice.sim.twilio import CallScript, SimulatedTwilio
 
-TOKEN = "test-auth-token-0123456789abcdef"
 TIMEOUT = 60.0
 
 
@@ -35,26 +35,13 @@ async def _call(settings: Settings, port: int, sock: socket.socket) -> str:
         await asyncio.wait_for(server.shutdown(0.0), 20)
 
 
-def _bound() -> tuple[socket.socket, int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    return sock, sock.getsockname()[1]
-
-
 def _settings(port: int, db: Path) -> Settings:
-    return Settings(
-        port=port,
-        public_base_url=f"http://127.0.0.1:{port}",
-        twilio_auth_token=TOKEN,
-        agent="echo",
-        echo_delay_ms=200,
-        db_path=str(db),
-    )
+    return loopback_settings(port, agent="echo", echo_delay_ms=200, db_path=str(db))
 
 
 async def test_serving_app_records_inbound_calls(tmp_path: Path) -> None:
     db = tmp_path / "calls.sqlite3"
-    sock, port = _bound()
+    sock, port = loopback_socket()
     settings = _settings(port, db)
     build_app(settings)  # building an app opens nothing
     assert not db.exists()
@@ -77,6 +64,6 @@ async def test_serving_app_records_inbound_calls(tmp_path: Path) -> None:
 
 async def test_unopenable_database_leaves_calls_working(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
-    sock, port = _bound()
+    sock, port = loopback_socket()
     sid = await _call(_settings(port, tmp_path / "file" / "calls.sqlite3"), port, sock)
     assert sid.startswith("CA")
