@@ -80,13 +80,20 @@ class WebhookHandlers:
         )
         return False
 
-    async def incoming_call(self, request: Request) -> Response:
-        """Answer an incoming (or outbound-api) call with TwiML that connects it to the Media Stream."""
+    def _signed_form(self, request: Request) -> dict[str, list[str]] | Response:
+        """The webhook's form fields, or the error response: 400 for a malformed body, 403 for a bad signature."""
         fields = _form(request)
         if fields is None:
             return Response.text(400, "malformed form body\n")
         if not self._signed(request, fields):
             return Response.text(403, "invalid Twilio signature\n")
+        return fields
+
+    async def incoming_call(self, request: Request) -> Response:
+        """Answer an incoming (or outbound-api) call with TwiML that connects it to the Media Stream."""
+        fields = self._signed_form(request)
+        if isinstance(fields, Response):
+            return fields
         call_sid = _first(fields, "CallSid")
         if not _CALL_SID.fullmatch(call_sid):
             log.warning("incoming-call without a valid CallSid: %r", call_sid[:64])
@@ -161,11 +168,9 @@ class WebhookHandlers:
 
     async def call_status(self, request: Request) -> Response:
         """Record a call lifecycle event (Twilio's status callback); answers 204."""
-        fields = _form(request)
-        if fields is None:
-            return Response.text(400, "malformed form body\n")
-        if not self._signed(request, fields):
-            return Response.text(403, "invalid Twilio signature\n")
+        fields = self._signed_form(request)
+        if isinstance(fields, Response):
+            return fields
         call_sid = _first(fields, "CallSid")
         status = _first(fields, "CallStatus")
         log.info(
