@@ -128,19 +128,23 @@ _MAX_DIGITS = 18
 _DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 
 
-def _obj(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+def _required(parent: Mapping[str, Any], key: str) -> Any:
+    """``parent[key]``; a missing (or null) field is a ``missing_field`` violation."""
     value = parent.get(key)
     if value is None:
         raise ProtocolViolation("missing_field", key)
+    return value
+
+
+def _obj(parent: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = _required(parent, key)
     if not isinstance(value, dict):
         raise ProtocolViolation("bad_field", f"{key} must be an object")
     return value
 
 
 def _str(parent: Mapping[str, Any], key: str) -> str:
-    value = parent.get(key)
-    if value is None:
-        raise ProtocolViolation("missing_field", key)
+    value = _required(parent, key)
     if not isinstance(value, str):
         raise ProtocolViolation("bad_field", f"{key} must be a string")
     return value
@@ -148,9 +152,7 @@ def _str(parent: Mapping[str, Any], key: str) -> str:
 
 def _counter(parent: Mapping[str, Any], key: str) -> int:
     """A Twilio counter: a string of ASCII decimal digits (``"42"``), never a JSON number."""
-    value = parent.get(key)
-    if value is None:
-        raise ProtocolViolation("missing_field", key)
+    value = _required(parent, key)
     # isdigit() alone accepts non-ASCII digits such as '²'; int() alone accepts ' 4', '+4' and '4_0'.
     if not (isinstance(value, str) and 0 < len(value) <= _MAX_DIGITS and value.isascii() and value.isdigit()):
         raise ProtocolViolation("bad_field", f"{key} must be a string of decimal digits")
@@ -159,9 +161,7 @@ def _counter(parent: Mapping[str, Any], key: str) -> int:
 
 def _number(parent: Mapping[str, Any], key: str) -> int:
     """A JSON integer (``sampleRate``, ``channels``); booleans are not numbers."""
-    value = parent.get(key)
-    if value is None:
-        raise ProtocolViolation("missing_field", key)
+    value = _required(parent, key)
     if type(value) is not int:
         raise ProtocolViolation("bad_field", f"{key} must be an integer")
     return value
