@@ -85,6 +85,11 @@ def speech_ulaw(text: str = "hello can you hear me", ms_per_char: float = 60.0) 
     return bytes(ulaw_encode(voice.render(text, 8000, ms_per_char)))
 
 
+def silence_ulaw(ms: int) -> bytes:
+    """Digital silence as μ-law 8 kHz."""
+    return bytes(ulaw_encode(np.zeros(ms * 8, dtype=np.int16)))
+
+
 def frames(ulaw: bytes) -> Iterator[tuple[bytes, memoryview]]:
     """20 ms frames as the call hands them to an agent: (μ-law bytes, int16 PCM memoryview)."""
     pad = (-len(ulaw)) % FRAME

@@ -13,14 +13,14 @@ import subprocess
 import sys
 from typing import Any
 
-import numpy as np
 import pytest
 import webrtcvad
 from elevenlabs.types import AudioOutput, AudioOutputMulti, FinalOutputMulti
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from rtvoice.audio import ulaw_decode, ulaw_encode
+from agents_vendor_testutil import silence_ulaw, speech_ulaw
+from rtvoice.audio import ulaw_decode
 from rtvoice.sim import voice
 from rtvoice.sim.elevenlabs_emulator import (
     ElevenLabsConfig,
@@ -311,14 +311,6 @@ async def test_tts_fault_drop_and_refuse() -> None:
 # ------------------------------------------------------------------------------------------------ ConvAI
 
 
-def speech_ulaw(text: str = "hello can you help me", ms_per_char: float = 40.0) -> bytes:
-    return bytes(ulaw_encode(voice.render(text, 8000, ms_per_char)))
-
-
-def silence_ulaw(ms: int) -> bytes:
-    return bytes(ulaw_encode(np.zeros(ms * 8, dtype=np.int16)))
-
-
 async def send_audio(ws: ClientConnection, data: bytes, chunk: int = 160) -> None:
     for i in range(0, len(data), chunk):
         await ws.send(json.dumps({"user_audio_chunk": base64.b64encode(data[i : i + chunk]).decode()}))
@@ -353,7 +345,7 @@ async def test_convai_turn_metadata_transcript_response_audio() -> None:
             _, greeting = await recv_until(
                 ws, lambda m: m["type"] == "audio" and len(m["audio_event"]["alignment"]["chars"]) < 5
             )
-            await send_audio(ws, silence_ulaw(300) + speech_ulaw() + silence_ulaw(700))
+            await send_audio(ws, silence_ulaw(300) + speech_ulaw("hello can you help me", 40.0) + silence_ulaw(700))
             tr, _ = await recv_until(ws, lambda m: m["type"] == "user_transcript")
             assert tr["user_transcription_event"]["user_transcript"] == "hello can you help me"
             resp, _ = await recv_until(ws, lambda m: m["type"] == "agent_response")

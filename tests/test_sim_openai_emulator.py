@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from agents_vendor_testutil import silence_ulaw, speech_ulaw
 from rtvoice.audio import alaw_encode, ulaw_decode, ulaw_encode
 from rtvoice.sim import voice
 from rtvoice.sim.openai_emulator import (
@@ -71,14 +72,6 @@ def check_server_event(ev: dict[str, Any]) -> None:
     model = SERVER[ev["type"]].validate_python(ev)
     bad = [p for p in _extras(model) if p.rsplit(".", 1)[-1] not in ALLOWED_EXTRAS]
     assert not bad, (ev["type"], bad)
-
-
-def speech_ulaw(text: str = "hello there how are you", ms_per_char: float = 40.0) -> bytes:
-    return bytes(ulaw_encode(voice.render(text, 8000, ms_per_char)))
-
-
-def silence_ulaw(ms: int) -> bytes:
-    return bytes(ulaw_encode(np.zeros(ms * 8, dtype=np.int16)))
 
 
 async def send_frames(send: Any, data: bytes, frame: int = 160) -> None:
@@ -301,7 +294,7 @@ async def test_sdk_pcmu_turn_gets_scripted_audio_reply() -> None:
             updated = await conn.recv()
             assert updated.type == "session.updated"
             assert updated.session.audio.input.format.type == "audio/pcmu"  # type: ignore[union-attr]
-            data = silence_ulaw(400) + speech_ulaw() + silence_ulaw(600)
+            data = silence_ulaw(400) + speech_ulaw("hello there how are you", 40.0) + silence_ulaw(600)
             await send_frames(lambda a: conn.input_audio_buffer.append(audio=a), data)
             types: list[str] = []
             audio = bytearray()
@@ -606,10 +599,10 @@ async def test_manual_turns_commit_clear_and_empty_commit_error() -> None:
         await raw.send({"type": "input_audio_buffer.commit", "event_id": "m1"})
         err, _ = await raw.until("error")
         assert err["error"]["event_id"] == "m1" and "buffer" in err["error"]["message"]
-        await raw.append(speech_ulaw())
+        await raw.append(speech_ulaw("hello there how are you", 40.0))
         await raw.send({"type": "input_audio_buffer.clear"})
         await raw.until("input_audio_buffer.cleared")
-        await raw.append(speech_ulaw() + silence_ulaw(800))
+        await raw.append(speech_ulaw("hello there how are you", 40.0) + silence_ulaw(800))
         await raw.send({"type": "input_audio_buffer.commit"})
         committed, seen = await raw.until("input_audio_buffer.committed")
         # no VAD events and no automatic response with turn_detection null
