@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -70,6 +71,16 @@ async def start_agent(agent: A, call: CallInfo) -> tuple[A, RecordingSink]:
     await agent.prepare()
     await agent.start(call, sink)
     return agent, sink
+
+
+@asynccontextmanager
+async def running(agent: A, call: CallInfo) -> AsyncIterator[tuple[A, RecordingSink]]:
+    """:func:`start_agent` for an ``async with`` block; the agent is closed when the block exits."""
+    agent, sink = await start_agent(agent, call)
+    try:
+        yield agent, sink
+    finally:
+        await agent.close()
 
 
 async def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109

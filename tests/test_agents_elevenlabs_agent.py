@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 
-from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, start_agent, wait_until
+from agents_vendor_testutil import RecordingSink, running, speak, speech_ulaw, wait_until
 from rtvoice.agents.base import CallInfo
 from rtvoice.agents.elevenlabs_agent import ElevenLabsAgent
 from rtvoice.audio import ulaw_encode
@@ -32,13 +33,12 @@ def make_settings(emu: ElevenLabsEmulator, **kw: Any) -> Settings:
                     elevenlabs_base_url=emu.base_url, **kw)  # fmt: skip
 
 
-async def started(settings: Settings) -> tuple[ElevenLabsAgent, RecordingSink]:
-    return await start_agent(ElevenLabsAgent(settings), CALL)
+def started(settings: Settings) -> AbstractAsyncContextManager[tuple[ElevenLabsAgent, RecordingSink]]:
+    return running(ElevenLabsAgent(settings), CALL)
 
 
 async def test_turn_ulaw_passthrough_variables_pings(emu: ElevenLabsEmulator) -> None:
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (agent, sink):
         await emu.wait_for(lambda: bool(emu.conversations) and bool(emu.conversations[0].dynamic_variables))
         conv = emu.conversations[0]
         assert conv.dynamic_variables == {"caller_number": "+15550001111", "called_number": "+15559998888",
@@ -57,21 +57,16 @@ async def test_turn_ulaw_passthrough_variables_pings(emu: ElevenLabsEmulator) ->
         assert sent.startswith(speech_ulaw()[:1600])
         await wait_until(lambda: len(conv.pongs) >= 2)  # every ping answered with its event_id
         assert conv.close_code is None and sink.faults() == []
-    finally:
-        await agent.close()
 
 
 async def test_greeting_and_prompt_overrides(emu: ElevenLabsEmulator) -> None:
     settings = make_settings(emu, greeting="Hello {{caller_number}}!", instructions="Be Ada.")
-    agent, sink = await started(settings)
-    try:
+    async with started(settings) as (_agent, sink):
         await wait_until(lambda: any(c[3] for c in sink.of("bot_text")))
         conv = emu.conversations[0]
         assert conv.overrides == {"agent": {"prompt": {"prompt": "Be Ada."},
                                             "first_message": "Hello {{caller_number}}!"}}  # fmt: skip
         assert [c[2] for c in sink.of("bot_text")] == ["Hello +15550001111!"]
-    finally:
-        await agent.close()
 
 
 async def test_pcm16_formats_are_transcoded(emu: ElevenLabsEmulator) -> None:
@@ -79,23 +74,19 @@ async def test_pcm16_formats_are_transcoded(emu: ElevenLabsEmulator) -> None:
 
     emu.config.agent_output_audio_format = "pcm_16000"
     emu.config.user_input_audio_format = "pcm_16000"
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (agent, sink):
         await wait_until(lambda: agent.core.input_format == "pcm_16000")
         await speak(agent, speech_ulaw())
         await wait_until(lambda: len(sink.audio()) >= len(ANSWER) * 60 * 8)
         pcm16 = voice.render(ANSWER, 16000, 60.0)
         assert sink.audio() == bytes(ulaw_encode(Resampler(16000, 8000).process(pcm16)))
         assert ("caller_text", "When are you open?", True) in sink.calls  # its VAD heard our 16 kHz audio
-    finally:
-        await agent.close()
 
 
 async def test_interruption_clears_and_drops_old_audio(emu: ElevenLabsEmulator) -> None:
     emu.config.speed = 1.0  # real-time paced agent audio, so the caller can talk over it
     emu.script.replies[0] = Reply("z" * 100, user_transcript="Tell me more.")
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (agent, sink):
         await wait_until(lambda: agent.core.input_format == "ulaw_8000")
         await speak(agent, speech_ulaw())
         await wait_until(lambda: bool(sink.of("bot_audio")))
@@ -106,50 +97,36 @@ async def test_interruption_clears_and_drops_old_audio(emu: ElevenLabsEmulator) 
         n = len(sink.audio())
         assert n < 100 * 60 * 8  # the rest of the answer never reached the call
         assert agent.core.last_interrupt_id >= 1
-    finally:
-        await agent.close()
 
 
 async def test_private_agent_through_signed_url(emu: ElevenLabsEmulator) -> None:
     emu.config.private_agent = True
-    agent, sink = await started(make_settings(emu, elevenlabs_signed_url=True))
-    try:
+    async with started(make_settings(emu, elevenlabs_signed_url=True)) as (agent, sink):
         await wait_until(lambda: agent.core.input_format == "ulaw_8000")
         assert sink.faults() == []
         assert emu.signed  # a signature was issued by the REST endpoint and used
-    finally:
-        await agent.close()
 
 
 async def test_refused_connection_is_fatal(emu: ElevenLabsEmulator) -> None:
     emu.faults.refuse_connections = True
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (_agent, sink):
         assert sink.faults() == [("connect", True)]
-    finally:
-        await agent.close()
 
 
 async def test_mid_call_drop_is_fatal(emu: ElevenLabsEmulator) -> None:
     emu.faults.drop_after_audio_ms = 400
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (agent, sink):
         await wait_until(lambda: agent.core.input_format == "ulaw_8000")
         await speak(agent, speech_ulaw())
         await wait_until(lambda: bool(sink.faults()))
         assert sink.faults() == [("dropped", True)]
-    finally:
-        await agent.close()
 
 
 async def test_stalled_agent_is_reported(emu: ElevenLabsEmulator) -> None:
     emu.faults.stall_first_audio = True
     emu.config.first_audio_delay_ms = 1.0  # reply in a task so the session keeps reading
-    agent, sink = await started(make_settings(emu, vendor_first_byte_timeout_s=0.5))
-    try:
+    async with started(make_settings(emu, vendor_first_byte_timeout_s=0.5)) as (agent, sink):
         await wait_until(lambda: agent.core.input_format == "ulaw_8000")
         await speak(agent, speech_ulaw())
         await wait_until(lambda: ("stall", True) in sink.faults())
         assert sink.faults() == [("stall", False), ("stall", True)]
-    finally:
-        await agent.close()

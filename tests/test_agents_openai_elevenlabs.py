@@ -4,11 +4,12 @@ multi-stream-input TTS emulator, on loopback with the real SDK and real sockets.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 
-from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, start_agent, wait_until
+from agents_vendor_testutil import RecordingSink, running, speak, speech_ulaw, wait_until
 from rtvoice.agents.base import CallInfo, Heard
 from rtvoice.agents.openai_elevenlabs import OpenAIElevenLabsAgent
 from rtvoice.config import ConfigError, Settings
@@ -35,8 +36,8 @@ def make_settings(oa: OpenAIRealtimeEmulator, el: ElevenLabsEmulator, **kw: Any)
                     elevenlabs_api_key="xi-test", elevenlabs_base_url=el.base_url, **kw)  # fmt: skip
 
 
-async def started(settings: Settings) -> tuple[OpenAIElevenLabsAgent, RecordingSink]:
-    return await start_agent(OpenAIElevenLabsAgent(settings), CALL)
+def started(settings: Settings) -> AbstractAsyncContextManager[tuple[OpenAIElevenLabsAgent, RecordingSink]]:
+    return running(OpenAIElevenLabsAgent(settings), CALL)
 
 
 def test_missing_elevenlabs_key_is_a_clear_startup_error() -> None:
@@ -46,8 +47,7 @@ def test_missing_elevenlabs_key_is_a_clear_startup_error() -> None:
 
 async def test_text_turn_spoken_by_elevenlabs(emus: Emus) -> None:
     oa, el = emus
-    agent, sink = await started(make_settings(oa, el))
-    try:
+    async with started(make_settings(oa, el)) as (agent, sink):
         upd = await oa.wait_for_event("session.update")
         assert upd["session"]["output_modalities"] == ["text"]
         await speak(agent, speech_ulaw())
@@ -66,8 +66,6 @@ async def test_text_turn_spoken_by_elevenlabs(emus: Emus) -> None:
         assert agent.usage.tts_characters == len(ANSWER) + 1
         lat = [round(x * 1000, 1) for x in agent.tts.first_audio_latencies]
         print(f"\nspeech_stopped -> first TTS audio to the call (ms, emulators with no delay): {lat}")
-    finally:
-        await agent.close()
 
 
 async def test_barge_in_keeps_only_heard_text(emus: Emus) -> None:
@@ -75,8 +73,7 @@ async def test_barge_in_keeps_only_heard_text(emus: Emus) -> None:
     el.config.speed = 2.0  # TTS audio arrives 2x real time: the caller barges in mid-generation
     long = "We open at nine and we close at five, every day of the week except on public holidays."
     oa.script.replies[0] = Reply(long, user_transcript="When are you open?")
-    agent, sink = await started(make_settings(oa, el))
-    try:
+    async with started(make_settings(oa, el)) as (agent, sink):
         await speak(agent, speech_ulaw())
         await wait_until(lambda: len(sink.audio("ctx-1")) >= 8 * 1500)
         # the caller heard 1 s: chars 0..16 had started ("We open at nine a"); the half word is dropped
@@ -104,44 +101,33 @@ async def test_barge_in_keeps_only_heard_text(emus: Emus) -> None:
         n = len(sink.audio())
         await speak(agent, b"", silence_ms=300)
         assert len(sink.audio()) == n  # nothing of the closed context reached the call afterwards
-    finally:
-        await agent.close()
 
 
 async def test_pcm16_tts_output_resampled(emus: Emus) -> None:
     oa, el = emus
-    agent, sink = await started(make_settings(oa, el, elevenlabs_output_format="pcm_16000"))
-    try:
+    async with started(make_settings(oa, el, elevenlabs_output_format="pcm_16000")) as (agent, sink):
         await speak(agent, speech_ulaw())
         await wait_until(lambda: bool(sink.of("bot_audio_done")))
         assert el.tts_sessions[0].output_format == "pcm_16000"
         # 16 kHz int16 -> 8 kHz μ-law, exact sample count
         assert len(sink.audio("ctx-1")) == (len(ANSWER) + 1) * MS * 8
-    finally:
-        await agent.close()
 
 
 async def test_tts_refused_is_fatal(emus: Emus) -> None:
     oa, el = emus
     el.faults.refuse_connections = True
-    agent, sink = await started(make_settings(oa, el))
-    try:
+    async with started(make_settings(oa, el)) as (_agent, sink):
         assert sink.faults() == [("connect", True)]
-    finally:
-        await agent.close()
 
 
 async def test_tts_stall_is_fatal(emus: Emus) -> None:
     oa, el = emus
     el.faults.stall_first_audio = True
     el.config.first_audio_delay_ms = 1.0  # generate in a task so the emulator keeps reading
-    agent, sink = await started(make_settings(oa, el, vendor_first_byte_timeout_s=0.5))
-    try:
+    async with started(make_settings(oa, el, vendor_first_byte_timeout_s=0.5)) as (agent, sink):
         await speak(agent, speech_ulaw())
         await wait_until(lambda: ("stall", True) in sink.faults())
         assert sink.of("bot_audio") == []
-    finally:
-        await agent.close()
 
 
 async def test_tts_drop_mid_turn_reported_and_next_turn_reconnects(
@@ -150,13 +136,10 @@ async def test_tts_drop_mid_turn_reported_and_next_turn_reconnects(
     oa, el = emus
     el.faults.drop_after_audio_ms = 500
     oa.script.replies.append(Reply("Yes.", user_transcript="Really?"))
-    agent, sink = await started(make_settings(oa, el))
-    try:
+    async with started(make_settings(oa, el)) as (agent, sink):
         await speak(agent, speech_ulaw())
         await wait_until(lambda: ("dropped", False) in sink.faults())
         el.faults.drop_after_audio_ms = None
         await speak(agent, speech_ulaw("really"))
         await wait_until(lambda: len(el.tts_sessions) == 2 and bool(sink.audio("ctx-2")))
         assert all(not fatal for _, fatal in sink.faults())
-    finally:
-        await agent.close()

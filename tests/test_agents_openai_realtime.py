@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 
-from agents_vendor_testutil import RecordingSink, speak, speech_ulaw, start_agent, wait_until
+from agents_vendor_testutil import RecordingSink, running, speak, speech_ulaw, wait_until
 from rtvoice.agents.base import CallInfo, Heard
 from rtvoice.agents.openai_realtime import OpenAIRealtimeAgent
 from rtvoice.config import ConfigError, Settings
@@ -43,8 +44,8 @@ async def emu() -> AsyncIterator[OpenAIRealtimeEmulator]:
         yield e
 
 
-async def started(settings: Settings, **kw: Any) -> tuple[OpenAIRealtimeAgent, RecordingSink]:
-    return await start_agent(OpenAIRealtimeAgent(settings, **kw), CALL)
+def started(settings: Settings, **kw: Any) -> AbstractAsyncContextManager[tuple[OpenAIRealtimeAgent, RecordingSink]]:
+    return running(OpenAIRealtimeAgent(settings, **kw), CALL)
 
 
 def session_events(emu: OpenAIRealtimeEmulator, etype: str, session: int = -1) -> list[dict[str, Any]]:
@@ -57,8 +58,7 @@ async def test_missing_key_is_a_clear_startup_error() -> None:
 
 
 async def test_pcmu_turn_passthrough_transcripts_usage(emu: OpenAIRealtimeEmulator) -> None:
-    agent, sink = await started(make_settings(emu, instructions="You are a receptionist."))
-    try:
+    async with started(make_settings(emu, instructions="You are a receptionist.")) as (agent, sink):
         sess = await emu.wait_for_session()
         upd = await emu.wait_for_event("session.update")
         assert upd["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
@@ -80,15 +80,12 @@ async def test_pcmu_turn_passthrough_transcripts_usage(emu: OpenAIRealtimeEmulat
         appends = session_events(emu, "input_audio_buffer.append")
         assert appends and all(len(e["audio"]) <= 4 * 320 // 3 + 4 for e in appends[:-1])
         assert sess.rejected == [] and sink.faults() == []
-    finally:
-        await agent.close()
 
 
 async def test_barge_in_cancel_and_truncate_to_heard(emu: OpenAIRealtimeEmulator) -> None:
     emu.config.speed = 4.0  # stream 4x real time so the response is still active when the caller barges in
     emu.script.replies[0] = Reply("x" * 200, user_transcript="Tell me everything.")  # 12 s of audio
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (agent, sink):
         await speak(agent, speech_ulaw())
         await wait_until(lambda: len(sink.audio()) >= 8 * 600)  # 600 ms produced
         item_id = sink.of("bot_audio")[0][1]
@@ -106,48 +103,36 @@ async def test_barge_in_cancel_and_truncate_to_heard(emu: OpenAIRealtimeEmulator
         n = len(sink.of("bot_audio"))
         await speak(agent, b"", silence_ms=200)
         assert len(sink.of("bot_audio")) == n  # no late audio of the cancelled response reached the call
-    finally:
-        await agent.close()
 
 
 async def test_barge_in_with_nothing_heard_sends_no_truncate(emu: OpenAIRealtimeEmulator) -> None:
     emu.config.speed = 2.0
     emu.script.replies[0] = Reply("y" * 100, user_transcript="Hi")
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (agent, sink):
         await speak(agent, speech_ulaw())
         await wait_until(lambda: bool(sink.of("bot_audio")))
         agent.barge_in(None)
         await emu.wait_for_event("response.cancel")
         await speak(agent, b"", silence_ms=300)  # give a stray truncate time to arrive
         assert session_events(emu, "conversation.item.truncate") == []
-    finally:
-        await agent.close()
 
 
 async def test_greeting_speaks_first(emu: OpenAIRealtimeEmulator) -> None:
     emu.script.replies.insert(0, Reply("Hello, thanks for calling."))
-    agent, sink = await started(make_settings(emu, greeting="Hello, thanks for calling."))
-    try:
+    async with started(make_settings(emu, greeting="Hello, thanks for calling.")) as (_agent, sink):
         await wait_until(lambda: bool(sink.of("bot_audio_done")))
         assert session_events(emu, "response.create")
         assert [c[2] for c in sink.of("bot_text") if c[3]] == ["Hello, thanks for calling."]
-    finally:
-        await agent.close()
 
 
 async def test_connection_refused_is_a_fatal_fault(emu: OpenAIRealtimeEmulator) -> None:
     emu.faults.refuse_connections = True
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (_agent, sink):
         assert sink.faults() == [("connect", True)]
-    finally:
-        await agent.close()
 
 
 async def test_error_event_reported(emu: OpenAIRealtimeEmulator) -> None:
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (_agent, sink):
         await emu.wait_for_session()
         await emu.wait_for_event("session.update")
         await emu.inject_error()
@@ -156,37 +141,28 @@ async def test_error_event_reported(emu: OpenAIRealtimeEmulator) -> None:
         await emu.inject_error("Incorrect API key provided", "invalid_api_key", "invalid_request_error")
         await wait_until(lambda: len(sink.faults()) == 2)
         assert sink.faults()[1] == ("error_event", True)
-    finally:
-        await agent.close()
 
 
 async def test_stalled_first_audio_retries_then_fatal(emu: OpenAIRealtimeEmulator) -> None:
     emu.faults.stall_first_audio = True
-    agent, sink = await started(make_settings(emu, vendor_first_byte_timeout_s=0.5))
-    try:
+    async with started(make_settings(emu, vendor_first_byte_timeout_s=0.5)) as (agent, sink):
         await speak(agent, speech_ulaw())
         await wait_until(lambda: ("stall", True) in sink.faults(), timeout=10)
         assert sink.faults() == [("stall", False), ("stall", True)]
         assert len(session_events(emu, "response.create")) == 1  # the retry
         assert sink.of("bot_audio") == []
-    finally:
-        await agent.close()
 
 
 async def test_failed_response_reported(emu: OpenAIRealtimeEmulator) -> None:
     emu.faults.fail_responses = True
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (agent, sink):
         await speak(agent, speech_ulaw())
         await wait_until(lambda: bool(sink.faults()))
         assert sink.faults()[0] == ("response_failed", False)
-    finally:
-        await agent.close()
 
 
 async def test_mid_call_drop_reconnects_with_context(emu: OpenAIRealtimeEmulator) -> None:
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (agent, sink):
         await speak(agent, speech_ulaw())
         await wait_until(lambda: any(c[3] for c in sink.of("bot_text")))
         await wait_until(lambda: agent.usage.responses == 1)
@@ -205,33 +181,27 @@ async def test_mid_call_drop_reconnects_with_context(emu: OpenAIRealtimeEmulator
         await speak(agent, speech_ulaw("okay thank you"))
         await wait_until(lambda: len([c for c in sink.of("bot_text") if c[3]]) == 2)
         assert len({c[1] for c in sink.of("bot_audio")}) == 2
-    finally:
-        await agent.close()
 
 
 async def test_session_limit_reconnects(emu: OpenAIRealtimeEmulator) -> None:
     emu.faults.max_session_s = 0.5
-    agent, sink = await started(make_settings(emu))
-    try:
-        await emu.wait_for_session(2, timeout=10)
-        await wait_until(lambda: agent.link.reconnects >= 1)
-        assert sink.faults()[0] == ("session_limit", False)
-        assert all(not fatal for _, fatal in sink.faults())
-    finally:
-        emu.faults.max_session_s = None
-        await agent.close()
+    async with started(make_settings(emu)) as (agent, sink):
+        try:
+            await emu.wait_for_session(2, timeout=10)
+            await wait_until(lambda: agent.link.reconnects >= 1)
+            assert sink.faults()[0] == ("session_limit", False)
+            assert all(not fatal for _, fatal in sink.faults())
+        finally:
+            emu.faults.max_session_s = None  # no reconnect while the agent closes
 
 
 async def test_drop_without_reconnect_is_fatal(emu: OpenAIRealtimeEmulator) -> None:
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (_agent, sink):
         await emu.wait_for_session()
         emu.faults.refuse_connections = True
         await emu.drop()
         await wait_until(lambda: ("dropped", True) in sink.faults())
         assert sink.faults() == [("dropped", False), ("dropped", True)]
-    finally:
-        await agent.close()
 
 
 async def test_server_added_latency(emu: OpenAIRealtimeEmulator) -> None:
@@ -240,8 +210,7 @@ async def test_server_added_latency(emu: OpenAIRealtimeEmulator) -> None:
     """
     emu.config.first_audio_delay_ms = 50.0
     emu.script = type(emu.script)([Reply("Yes.", user_transcript="a")], default="Yes.")
-    agent, sink = await started(make_settings(emu))
-    try:
+    async with started(make_settings(emu)) as (agent, sink):
         for i in range(5):
             await speak(agent, speech_ulaw("hello there"))
             await wait_until(lambda i=i: len(sink.of("bot_audio_done")) == i + 1)
@@ -249,15 +218,12 @@ async def test_server_added_latency(emu: OpenAIRealtimeEmulator) -> None:
         assert len(lat) == 5
         print(f"\nserver-added first-audio latency (ms, excl. 50 ms emulator delay): "
               f"median {statistics.median(lat):.1f} min {min(lat):.1f} max {max(lat):.1f}")  # fmt: skip
-    finally:
-        await agent.close()
 
 
 async def test_pcm24_path_through_the_compiled_resampler(emu: OpenAIRealtimeEmulator) -> None:
     from rtvoice.audio import Resampler, ulaw_encode
 
-    agent, sink = await started(make_settings(emu, openai_audio_format="pcm"))
-    try:
+    async with started(make_settings(emu, openai_audio_format="pcm")) as (agent, sink):
         upd = await emu.wait_for_event("session.update")
         assert upd["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
         await speak(agent, speech_ulaw())
@@ -273,5 +239,3 @@ async def test_pcm24_path_through_the_compiled_resampler(emu: OpenAIRealtimeEmul
         assert sum(len(base64.b64decode(e["audio"])) for e in appends) % 960 == 0  # 24 kHz int16 frames
         assert ("caller_text", "When are you open?", True) in sink.calls  # the emulator VAD heard it
         assert emu.sessions[-1].rejected == [] and sink.faults() == []
-    finally:
-        await agent.close()
