@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from call_fakes import SILENCE, frames, voiced
+from call_fakes import SILENCE, NullSink, frames, voiced
 from rtvoice.agents.base import CallInfo, Heard
 from rtvoice.agents.echo import LEAD_FRAMES, EchoAgent
 from rtvoice.agents.registry import agent_class, create_agent
@@ -12,7 +12,7 @@ from rtvoice.audio import ulaw_decode
 from rtvoice.config import ConfigError, Settings
 
 
-class Sink:
+class Sink(NullSink):
     def __init__(self, agent: EchoAgent) -> None:
         self.agent = agent
         self.audio: list[tuple[int, str, bytes]] = []  # (tick it arrived, item, bytes)
@@ -23,13 +23,6 @@ class Sink:
 
     def bot_audio_done(self, item_id: str) -> None:
         self.done.append((self.agent._tick - 1, item_id))
-
-    def bot_text(self, item_id: str, text: str, final: bool) -> None: ...
-    def caller_text(self, text: str, final: bool) -> None: ...
-    def speech_started(self) -> None: ...
-    def interrupt(self) -> None: ...
-    def hang_up(self, reason: str) -> None: ...
-    def fault(self, kind: str, message: str, fatal: bool) -> None: ...
 
 
 async def started(delay_ms: int = 200) -> tuple[EchoAgent, Sink]:

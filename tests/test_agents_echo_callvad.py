@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from call_fakes import SILENCE, frames, start_event, voiced
+from call_fakes import SILENCE, NullSink, frames, start_event, voiced
 from rtvoice.agents.base import CallInfo
 from rtvoice.agents.echo import EchoAgent
 from rtvoice.audio import ulaw_decode
@@ -18,7 +18,7 @@ from rtvoice.vad import VoiceActivity
 SETTINGS_KW = {"echo_delay_ms": 200, "vad_onset_frames": 3, "vad_hangover_frames": 5}
 
 
-class Sink:
+class Sink(NullSink):
     def __init__(self, vad: VoiceActivity | None = None) -> None:
         if vad is not None:
             self.vad = vad
@@ -29,13 +29,6 @@ class Sink:
 
     def bot_audio_done(self, item_id: str) -> None:
         self.log.append(("done", item_id, None))
-
-    def bot_text(self, item_id: str, text: str, final: bool) -> None: ...
-    def caller_text(self, text: str, final: bool) -> None: ...
-    def speech_started(self) -> None: ...
-    def interrupt(self) -> None: ...
-    def hang_up(self, reason: str) -> None: ...
-    def fault(self, kind: str, message: str, fatal: bool) -> None: ...
 
 
 def _settings():  # type: ignore[no-untyped-def]

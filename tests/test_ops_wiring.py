@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from call_fakes import start_event
+from call_fakes import NullSink, start_event
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.openai_realtime import RealtimeCore, ToolCall, ToolRunner
 from rtvoice.call.call import Call
@@ -149,7 +149,7 @@ def test_failed_end_call_lets_the_model_answer() -> None:
     assert [e["type"] for e in _sent(core)] == ["conversation.item.create", "response.create"]
 
 
-class _Sink:
+class _Sink(NullSink):
     def __init__(self) -> None:
         self.audio: list[tuple[str, int]] = []
         self.done: list[str] = []
@@ -161,15 +161,8 @@ class _Sink:
     def bot_audio_done(self, item_id: str) -> None:
         self.done.append(item_id)
 
-    def bot_text(self, item_id: str, text: str, final: bool) -> None: ...
-    def caller_text(self, text: str, final: bool) -> None: ...
-    def speech_started(self) -> None: ...
-    def interrupt(self) -> None: ...
-
     def hang_up(self, reason: str) -> None:
         self.hangups.append(reason)
-
-    def fault(self, kind: str, message: str, fatal: bool) -> None: ...
 
 
 async def test_tool_runner_runs_real_tools_with_the_call_context() -> None:
