@@ -9,6 +9,7 @@ same text (which alone decodes no base64, checks nothing and builds no event).
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from rtvoice.twilio import fastmedia, media
 
 N = 2000
 ROUNDS = 25
+#: A shared CI machine can be busy for a whole measurement: re-measure (a fresh set of rounds) before failing.
+ATTEMPTS = 3
 
 
 def _messages() -> list[str]:
@@ -46,9 +49,19 @@ def test_fast_media_parser_vs_json_loads() -> None:
         "full": media.parse,
         "json.loads": json.loads,
     }
-    for _ in range(ROUNDS):
-        for name, fn in cases.items():
-            best[name] = min(best[name], _min_time(fn, msgs))
+    for _attempt in range(ATTEMPTS):
+        # The collector runs at points that depend on allocation counts, which differ between the cases: keep it
+        # out of the timed loops so the ratio compares the parsers, not where a collection happened to land.
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(ROUNDS):
+                for name, fn in cases.items():
+                    best[name] = min(best[name], _min_time(fn, msgs))
+        finally:
+            gc.enable()
+        if best["fast"] <= 0.8 * best["full"] and best["fast"] <= 2.0 * best["json.loads"]:
+            break
     us = {k: v * 1e6 for k, v in best.items()}
     print(
         f"\nper media message: fast {us['fast']:.2f} us, full {us['full']:.2f} us, "
