@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
-from rtvoice.agents.vendor_common import PCM_RATES, FromPcm8k, ToUlaw8k, b64decode, ws_base_url
+from rtvoice.agents.vendor_common import PCM_RATES, FromPcm8k, ToUlaw8k, b64decode, cancel_all, ws_base_url
 
 if TYPE_CHECKING:
     from rtvoice.config import Settings
@@ -395,11 +395,7 @@ class ElevenLabsAgent(Agent):
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
         self._tasks = []
         if self._ws is not None:
             with contextlib.suppress(Exception):

@@ -42,7 +42,7 @@ from urllib.parse import quote, urlencode
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.openai_realtime import RealtimeCore, RealtimeLink, ToolRunner
-from rtvoice.agents.vendor_common import Alignment, ToUlaw8k, Usage, WordChunker, b64decode, ws_base_url
+from rtvoice.agents.vendor_common import Alignment, ToUlaw8k, Usage, WordChunker, b64decode, cancel_all, ws_base_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -489,11 +489,7 @@ class OpenAIElevenLabsAgent(Agent):
     async def close(self) -> None:
         self._closing = True
         self._tts_wake.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
         self._tasks = []
         if self._ws is not None:
             with contextlib.suppress(Exception):

@@ -10,12 +10,15 @@ cut.
 * :func:`clamp_audio_end_ms`: what a truncate may ask for (never more than the item produced).
 * :class:`WordChunker`: streams LLM text deltas to a TTS engine on word boundaries.
 * :class:`Usage`: vendor usage totals for one call (read by the call records).
+* :func:`cancel_all`: an agent's ``close()`` step that cancels its background tasks and waits for them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -261,3 +264,14 @@ def b64decode(data: str) -> bytes:
     ValueError).
     """
     return base64.b64decode(data, validate=False)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has finished (its cancellation or error is swallowed: the agent is
+    closing)."""
+    tasks = list(tasks)
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
