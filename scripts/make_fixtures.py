@@ -78,30 +78,38 @@ def render(out_dir: Path, asset: Path) -> list[tuple[str, str, str, int]]:
 
 
 def measure(out_dir: Path) -> int:
+    """Word accuracy of each fixture decoded alone, and as the agent hears it in a call (with 200 ms of
+    pre-roll before and the 500 ms of end-of-turn silence after the speech)."""
     import time
 
+    import numpy as np
+
+    from rtvoice.agents.local.agent import END_OF_TURN_MS, PREROLL_MS
     from rtvoice.agents.local.asr import Recognizer, build_model, word_errors
     from rtvoice.agents.local.dialog import load_scenario
     from rtvoice.audio import ulaw_decode
 
     model = build_model(load_scenario().corpus())
     rec = Recognizer(model)
-    errors = words = 0
+    before = np.zeros(PREROLL_MS * 8, dtype=np.int16)
+    after = np.zeros(END_OF_TURN_MS * 8, dtype=np.int16)
+    totals = {"alone": [0, 0], "in a call": [0, 0]}
     total_audio = total_cpu = 0.0
     for uid, text, _ in UTTERANCES:
-        ulaw = (out_dir / f"{uid}.ulaw").read_bytes()
-        t0 = time.perf_counter()
-        hyp = rec.recognize_8k(ulaw_decode(ulaw).tobytes())
-        total_cpu += time.perf_counter() - t0
-        total_audio += len(ulaw) / 8000
-        e, n = word_errors(text, hyp)
-        errors += e
-        words += n
-        print(f"{uid:12s} {'ok ' if e == 0 else f'{e} err'}  ref: {text}\n{'':17s}hyp: {hyp}")
-    print(
-        f"word accuracy {100 * (1 - errors / words):.1f}% ({words - errors}/{words} words), "
-        f"vocabulary {model.vocabulary_size} words, real-time factor {total_cpu / total_audio:.3f}"
-    )
+        pcm = ulaw_decode((out_dir / f"{uid}.ulaw").read_bytes())
+        for label, audio in (("alone", pcm), ("in a call", np.concatenate((before, pcm, after)))):
+            t0 = time.perf_counter()
+            hyp = rec.recognize_8k(audio.tobytes())
+            total_cpu += time.perf_counter() - t0
+            total_audio += audio.size / 8000
+            e, n = word_errors(text, hyp)
+            totals[label][0] += e
+            totals[label][1] += n
+            acc = f"{100 * (1 - e / n):5.1f}%"
+            print(f"{uid:12s} {label:9s} {acc}  ref: {text}\n{'':30s}hyp: {hyp}")
+    for label, (errors, words) in totals.items():
+        print(f"word accuracy {label}: {100 * (1 - errors / words):.1f}% ({words - errors}/{words} words)")
+    print(f"vocabulary {model.vocabulary_size} words, real-time factor {total_cpu / total_audio:.3f}")
     return 0
 
 

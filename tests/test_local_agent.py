@@ -135,7 +135,7 @@ async def test_multi_turn_booking_call(call) -> None:  # type: ignore[no-untyped
     assert sink.caller[-1] == "hi what are your opening hours"
     assert await caller.say("book") == "And what name should I put the booking under?"
     confirm = await caller.say("name")
-    assert "under the name Emma" in confirm and "a table for 4" in confirm
+    assert "under the name Emma" in confirm and "a table for 4 at " in confirm
     assert (await caller.say("yes")).startswith("Done.")
     assert "Goodbye" in await caller.say("bye")
     assert sink.hangup == "goodbye"
@@ -189,3 +189,28 @@ async def test_bad_scenario_fails_prepare(tmp_path) -> None:  # type: ignore[no-
     agent = LocalAgent(Settings(scenario_path=str(bad)))
     with pytest.raises(ScenarioError, match=r"scenario\.greeting"):
         await agent.prepare()
+
+
+def test_preflight_reports_a_bad_scenario_at_startup(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rtvoice.agents.registry import preflight
+    from rtvoice.config import ConfigError
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scenario]\nname='x'\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: scenario\.greeting"):
+        LocalAgent.preflight(Settings(scenario_path=str(bad)))
+    with pytest.raises(ConfigError, match="cannot read"):
+        preflight(Settings(agent="local", scenario_path=str(tmp_path / "missing.toml")))
+    preflight(Settings(agent="local"))  # the bundled scenario is fine
+
+
+def test_serve_refuses_to_start_with_a_bad_scenario(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from rtvoice.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scenario\n")
+    monkeypatch.setenv("RTVOICE_AGENT", "local")
+    monkeypatch.setenv("RTVOICE_SCENARIO", str(bad))
+    # exits before binding a socket or serving: the error names the file
+    assert main(["serve", "--host", "127.0.0.1", "--port", "0"]) == 2
+    assert "not valid TOML" in capsys.readouterr().err

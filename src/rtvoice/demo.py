@@ -77,12 +77,23 @@ class DemoResult:
     load_s: float = 0.0
 
     def latencies(self) -> list[tuple[TurnTiming, float | None]]:
-        """Per answered turn: its timing and when the caller first heard the reply (stream ms), if heard."""
+        """Per answered turn: its timing and when the caller first heard the reply, if heard.
+
+        All stamps are on the server's stream clock, whose "now" is the end of the caller audio received so
+        far (the agent's ``speech_end_ms`` and ``first_audio_ms``, the call's ``TurnLatency``). The simulated
+        Twilio sends each 20 ms frame at its *start* time (its clock runs one frame behind the server's), so
+        a reply it starts playing at its time t was heard at server time t + 20 ms: comparing its raw
+        playout stamps with the server's made "heard" up to 20 ms earlier than "sent".
+        """
+        from rtvoice.vad import FRAME_MS
+
         out: list[tuple[TurnTiming, float | None]] = []
         for turn in self.agent.turns:
             heard = None
             if turn.first_audio_ms is not None:
-                starts = [s for s, _ in self.call.bot_segments if s >= turn.first_audio_ms - 20]
+                starts = [
+                    s + FRAME_MS for s, _ in self.call.bot_segments if s + FRAME_MS >= turn.first_audio_ms
+                ]
                 heard = min(starts) if starts else None
             out.append((turn, heard))
         return out
@@ -143,7 +154,7 @@ async def run_demo(
     timeout_s: float = 300.0,
 ) -> DemoResult:
     """Run the demo call; returns what happened (the CLI prints it, tests check it)."""
-    from rtvoice.agents.local.agent import LocalAgent, TurnTiming
+    from rtvoice.agents.local.agent import END_OF_TURN_MS, LocalAgent, TurnTiming
     from rtvoice.call.registry import CallRegistry
     from rtvoice.config import Settings
     from rtvoice.routes import build_app
@@ -188,7 +199,13 @@ async def run_demo(
             )
         elif kind == "first_audio" and isinstance(data, TurnTiming):
             assert data.first_audio_s is not None
-            say("", f"-> first bot audio sent {data.first_audio_s * 1000:.0f} ms after the end of the turn")
+            assert data.first_audio_ms is not None
+            say(
+                "",
+                f"-> first bot audio sent {data.first_audio_ms - data.speech_end_ms} ms after the end of speech "
+                f"({data.first_audio_s * 1000:.0f} ms after the turn was detected by "
+                f"{END_OF_TURN_MS} ms of silence)",
+            )
         elif kind == "barge_in":
             assert isinstance(data, tuple)
             barge_ins.append(data)
@@ -344,7 +361,12 @@ def run(args: argparse.Namespace) -> int:
     call = demo.call
     ended = f"{call.outcome} ({call.closed_by or '-'})"
     print(f"\nCall ended: {ended}, {call.duration_ms / 1000:.1f} s of stream time.")
-    print("\nPer-turn latency (from the caller's end of speech; stream time):")
+    from rtvoice.agents.local.agent import END_OF_TURN_MS
+
+    print(
+        "\nPer-turn latency (ms after the caller's end of speech, on the stream clock; the turn is detected "
+        f"after {END_OF_TURN_MS} ms of silence, then recognised (ASR), answered and synthesised):"
+    )
     print(latency_table(demo))
     print(f"\nBarge-ins: {len(call.clears)} clear(s) sent to Twilio.")
     print(f"Recording (stereo: caller left, what the caller heard right): {demo.wav_path}")

@@ -32,6 +32,18 @@ def agent_class(mode: str) -> type[Agent]:
     return cls
 
 
+def preflight(settings: Settings, mode: str | None = None) -> None:
+    """Start-up checks of the agent class for ``mode`` (default ``settings.agent``), if it has any.
+
+    An agent class may define ``preflight(settings)`` (a classmethod) that raises :class:`ConfigError` for
+    what would otherwise fail at the first call (e.g. the local agent's scenario file); ``serve`` runs it
+    before binding.
+    """
+    check = getattr(agent_class(mode or settings.agent), "preflight", None)
+    if check is not None:
+        check(settings)
+
+
 def create_agent(settings: Settings, mode: str | None = None) -> Agent:
     """A new agent for one call, in ``mode`` (default: ``settings.agent``).
 

@@ -183,6 +183,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     _setup_logging(settings)
     factory = _load_factory(args.app)
+    if args.worker_of is None:  # a bad agent configuration (e.g. scenario file) fails here, not at a call
+        from rtvoice.agents.registry import preflight
+
+        preflight(settings)
     if args.worker_of is not None:
         return _run_loop(_serve(settings, factory, worker=True))
     if settings.workers > 1:

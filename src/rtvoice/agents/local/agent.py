@@ -169,6 +169,27 @@ class LocalAgent(Agent):
         #: Utterances dropped as echo of the bot (no barge-in confirmed while the bot was talking).
         self.dropped_as_echo = 0
 
+    @classmethod
+    def preflight(cls, settings: Settings) -> None:
+        """Check at server start-up what would otherwise fail at the first call.
+
+        Parses and validates the scenario file (``RTVOICE_SCENARIO``, default: the bundled receptionist) and
+        checks that the ``local`` extra (pocketsphinx, espeak-ng) is installed. Fast: no model is built.
+        Raises :class:`~rtvoice.config.ConfigError` with the file and entry at fault.
+        """
+        from rtvoice.agents.local.dialog import ScenarioError
+        from rtvoice.config import ConfigError
+
+        try:
+            load_scenario(settings.scenario_path or None)
+        except ScenarioError as exc:
+            raise ConfigError(f"RTVOICE_SCENARIO: {exc}") from None
+        import importlib.util
+
+        missing = [m for m in ("pocketsphinx", "espeakng_loader") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"RTVOICE_AGENT=local needs {', '.join(missing)}: pip install 'rtvoice[local]'")
+
     @property
     def stream_ms(self) -> int:
         """Stream time of the end of the last inbound frame."""

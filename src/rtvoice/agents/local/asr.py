@@ -55,17 +55,52 @@ def _cache_root() -> Path:
 
 
 def slot_phrases() -> list[str]:
-    """Generated answers a caller gives to slot questions: party sizes and times, in words."""
+    """Generated answers a caller gives to slot questions: party sizes and times, in words.
+
+    Besides bare answers ("four people", "at seven thirty") it adds the combinations callers say in one
+    breath ("a table for four at seven thirty tonight"), every party size with every hour, so that the
+    trigrams across the party/time boundary exist for each value alike (a class-based model written out:
+    no value is favoured over another).
+    """
     lines: list[str] = []
+    hours = [number_to_words(h) for h in range(1, 13)]
+    minutes = ["", " fifteen", " thirty", " forty five", " o'clock"]
+    days = ["", " tonight", " tomorrow"]
     for n in range(1, 13):
         w = number_to_words(n)
         lines += [f"a table for {w}", f"{w} people", f"for {w} people", f"a party of {w}", f"{w}"]
-    for h in range(1, 13):
-        hw = number_to_words(h)
+        for i, hw in enumerate(hours):
+            # rotate the minute and day forms over the hours so each value meets each form equally often
+            minute = minutes[(n + i) % len(minutes)]
+            day = days[(n + i) % len(days)]
+            lines += [f"a table for {w} at {hw}{minute}{day}", f"for {w} people at {hw}{minute}{day}"]
+    for hw in hours:
         lines += [f"at {hw}", f"{hw} o'clock", f"at {hw} pm", f"half past {hw}", f"quarter past {hw}"]
         for m in (15, 30, 45):
             lines.append(f"at {hw} {number_to_words(m)}")
     return lines
+
+
+#: Phones whose energy lies mostly above 4 kHz. A phone call carries nothing above 4 kHz, so the 16 kHz
+#: acoustic model often hears a word-initial /s/ or /f/ as silence ("seven" -> "[sil] even" -> "one").
+_HIGH_FRICATIVES = frozenset({"S", "Z", "F", "TH", "SH"})
+
+
+def phone_band_variants(entries: dict[str, list[list[str]]]) -> list[tuple[str, list[str]]]:
+    """Extra pronunciations without a word-initial high fricative, as the 16 kHz model hears a phone call.
+
+    A variant is only added when no other pronunciation in ``entries`` already sounds like it (so "four"
+    without its /f/ is not added if "or" is in the vocabulary).
+    """
+    taken = {tuple(p) for prons in entries.values() for p in prons}
+    out: list[tuple[str, list[str]]] = []
+    for word, prons in sorted(entries.items()):
+        for pron in prons:
+            rest = tuple(pron[1:])
+            if pron[0] in _HIGH_FRICATIVES and len(rest) >= 2 and rest not in taken:
+                taken.add(rest)
+                out.append((word, list(rest)))
+    return out
 
 
 def _normalise_line(line: str, known: set[str]) -> str | None:
@@ -95,7 +130,7 @@ def build_model(corpus: list[str], cache_dir: Path | None = None) -> AsrModel:
     from pocketsphinx.lm import ArpaBoLM
 
     corpus = list(corpus) + slot_phrases()
-    digest = hashlib.sha256(("v2\n" + "\n".join(corpus)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(("v3\n" + "\n".join(corpus)).encode()).hexdigest()[:16]
     fallback = Path(tempfile.gettempdir()) / "rtvoice-lm"
     roots = [cache_dir] if cache_dir is not None else [_cache_root(), fallback]
     cmudict = _read_cmudict(model_dir() / "cmudict-en-us.dict")
@@ -116,6 +151,11 @@ def build_model(corpus: list[str], cache_dir: Path | None = None) -> AsrModel:
             lm.write_file(str(tmp_lm))
             tmp_dict = folder / f"domain.dict.{os.getpid()}.tmp"
             entries = [line for w in vocab for line in cmudict[w]]
+            prons = {w: [line.split()[1:] for line in cmudict[w]] for w in vocab}
+            counts = {w: len(p) for w, p in prons.items()}
+            for w, pron in phone_band_variants(prons):
+                counts[w] += 1
+                entries.append(f"{w}({counts[w]}) {' '.join(pron)}")
             tmp_dict.write_text("\n".join(entries) + "\n", encoding="utf-8")
             # rename last, so a concurrent reader never sees half a file
             os.replace(tmp_dict, dict_path)
