@@ -133,6 +133,7 @@ class EchoCancellerCore:
     ncc_ratio: float
     rise: float
     bg_ratio: float
+    bg_cap_ratio: float
     veto_ratio: float
     def __init__(
         self, taps: int = 48, max_delay_ms: int = 350, mu: float = 0.4, dt_threshold_db: float = 6.0

@@ -1157,7 +1157,7 @@ cdef class EchoCancellerCore:
     #: tunables of the double-talk detector (defaults chosen on the quality benchmark's scenario matrix):
     #: mic/echo-estimate ratio of the converged-filter test, rise rate of the residual-echo gains, and how far
     #: above the background a frame must be to count as the caller
-    cdef public double ncc_ratio, rise, bg_ratio, veto_ratio
+    cdef public double ncc_ratio, rise, bg_ratio, veto_ratio, bg_cap_ratio
     cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt, ref_frames
     cdef readonly double conf
     cdef double s_ed, s_ee
@@ -1183,6 +1183,7 @@ cdef class EchoCancellerCore:
         self.rise = 0.15
         self.bg_ratio = 8.0
         self.veto_ratio = 1.1
+        self.bg_cap_ratio = 6.0
         self.lam = 0.985
         self.xbuf = <float *>PyMem_Malloc(self.xlen * sizeof(float))
         self.h = <float *>PyMem_Malloc(taps * sizeof(float))
@@ -1305,7 +1306,7 @@ cdef class EchoCancellerCore:
         cdef float *h = self.h
         cdef float *e1 = self.e1
         cdef float acc, v, m, xs, g, norm, reg = L * 900.0, blk_r, blk_m
-        cdef double ed = 0.0, ee = 0.0, ey = 0.0, ex = 0.0, xe = 0.0, xmax, s, p, rr, pred, scale
+        cdef double ed = 0.0, ee = 0.0, ey = 0.0, ex = 0.0, xe = 0.0, xmax, s, p, rr, pred, scale, bgn
         cdef int nearend, ref_active, flags = 0
         cdef int NR = self.nlag + _EC_BPF
 
@@ -1438,7 +1439,14 @@ cdef class EchoCancellerCore:
                 nearend = 0
             # ... and louder than the recent background (echo residue + noise, babble included) by the same
             # margin: a burst of background voices is not the caller
-            if nearend and ee <= self.bg_ratio * self.bg:
+            # (the background is the line's noise and babble, which the canceller cannot remove: its mean is
+            # capped at bg_cap_ratio (~8 dB) above the noise floor, the minimum: a mean far above the minimum is
+            # residual echo of a filter still converging, which the residual test above already accounts for,
+            # and counting it twice deafened the detector to callers barging in early in a bot turn)
+            bgn = self.bg_cap_ratio * self.noise
+            if bgn > self.bg:
+                bgn = self.bg
+            if nearend and ee <= self.bg_ratio * bgn:
                 nearend = 0
             rr = ee - self.noise
             if rr < 0.0:
