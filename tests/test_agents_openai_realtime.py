@@ -82,6 +82,27 @@ async def test_pcmu_turn_passthrough_transcripts_usage(emu: OpenAIRealtimeEmulat
         assert sess.rejected == [] and sink.faults() == []
 
 
+async def test_start_during_prepare_shares_one_session(emu: OpenAIRealtimeEmulator) -> None:
+    """The Media Stream often starts while the webhook's early connect is still in flight: ``start`` must wait
+    for that connection, not open a second one (receiver on one socket, audio sent on the other: dead air)."""
+    import asyncio
+
+    from agents_vendor_testutil import RecordingSink
+
+    agent = OpenAIRealtimeAgent(make_settings(emu))
+    sink = RecordingSink()
+    early = asyncio.create_task(agent.prepare())
+    await asyncio.sleep(0)  # prepare is now inside connect, before its socket is open
+    try:
+        await agent.start(CALL, sink)
+        await early
+        await speak(agent, speech_ulaw())
+        await wait_until(lambda: bool(sink.of("bot_audio_done")))
+        assert len(emu.sessions) == 1
+    finally:
+        await agent.close()
+
+
 async def test_barge_in_cancel_and_truncate_to_heard(emu: OpenAIRealtimeEmulator) -> None:
     emu.config.speed = 4.0  # stream 4x real time so the response is still active when the caller barges in
     emu.script.replies[0] = Reply("x" * 200, user_transcript="Tell me everything.")  # 12 s of audio

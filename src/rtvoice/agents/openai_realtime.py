@@ -593,6 +593,7 @@ class RealtimeLink:
         frame_bytes = 160 if core.pcmu else 960
         self._batch_bytes = frame_bytes * max(1, append_frames)
         self._wake = asyncio.Event()
+        self._connect_lock = asyncio.Lock()
         self._tasks = _Tasks()
         self._closing = False
         self.connected = False
@@ -616,18 +617,22 @@ class RealtimeLink:
         With ``report`` a failure is a fatal ``connect`` fault. ``prepare`` connects without reporting: if the
         early attempt fails, ``start`` tries once more and only that outcome counts.
         """
-        if self.connected:
+        # ``start`` can run while the early ``prepare`` connect is still in flight (the stream often arrives
+        # within a few ms of the webhook): the lock makes it wait for that connection instead of opening a
+        # second one, which would leave the receiver on one socket and the audio going to the other.
+        async with self._connect_lock:
+            if self.connected:
+                return True
+            try:
+                await self._open()
+            except Exception as exc:
+                if report:
+                    msg = f"OpenAI Realtime connect failed: {type(exc).__name__}: {exc}"
+                    self.core.fault("connect", msg, True)
+                return False
+            self.core.queue_session_update()
+            self._start_tasks()
             return True
-        try:
-            await self._open()
-        except Exception as exc:
-            if report:
-                msg = f"OpenAI Realtime connect failed: {type(exc).__name__}: {exc}"
-                self.core.fault("connect", msg, True)
-            return False
-        self.core.queue_session_update()
-        self._start_tasks()
-        return True
 
     def _start_tasks(self) -> None:
         if self._tasks.receiver is None:
