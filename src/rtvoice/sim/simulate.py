@@ -5,8 +5,9 @@ Example::
     python -m rtvoice serve &                     # in another terminal
     python -m rtvoice simulate --url http://127.0.0.1:5050 --wav hello.wav --record heard.wav
 
-It posts the signed webhook, opens the Media Stream like Twilio, speaks the WAV (or 1 s of a test tone) after
-``--say-at-ms``, waits for the bot to answer and fall silent, hangs up, and prints the timing summary.
+It posts the signed webhook, opens the Media Stream like Twilio, speaks the WAV (by default a bundled recording of
+"Hi, what are your opening hours?") after ``--say-at-ms``, waits for the bot to answer and fall silent, hangs up,
+and prints the timing summary. The exit code is 0 only when the call went through cleanly and the bot answered.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="rtvoice's PUBLIC_BASE_URL, over which Twilio signs (default: --url)",
     )
     parser.add_argument("--auth-token", default=None, help="Twilio auth token to sign with (default: env)")
-    parser.add_argument("--wav", default=None, help="caller audio: a WAV (any rate); default a tone")
+    parser.add_argument("--wav", default=None, help="caller audio: a WAV (any rate); default a bundled question")
     parser.add_argument("--speed", type=float, default=1.0, help="stream clock speed (1 = real time)")
     parser.add_argument("--record", default=None, help="write what the caller heard to this WAV (stereo)")
     parser.add_argument("--from", dest="from_number", default="+15550100001")
@@ -42,14 +43,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def _tone_ulaw(ms: int = 1000) -> bytes:
-    import numpy as np
+def _default_caller_audio() -> bytes:
+    """The bundled caller question (8 kHz μ-law, the same fixture the demo uses): real speech, so any agent's
+    VAD hears a turn (a test tone is not reliably speech to webrtcvad)."""
+    from importlib.resources import files
 
-    from rtvoice.audio import ulaw_encode
-
-    t = np.arange(ms * 8) / 8000.0
-    pcm = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
-    return bytes(ulaw_encode(pcm.tobytes()))
+    return files("rtvoice").joinpath("fixtures/hours.ulaw").read_bytes()
 
 
 async def _main(args: argparse.Namespace) -> int:
@@ -58,12 +57,12 @@ async def _main(args: argparse.Namespace) -> int:
     token = args.auth_token or os.environ.get("TWILIO_AUTH_TOKEN", "")
     if not token:
         print(
-            "rtvoice simulate: no auth token: pass --auth-token or set TWILIO_AUTH_TOKEN (the same as the "
-            "server's, or the server must run with RTVOICE_VALIDATE_SIGNATURES=0)",
+            "rtvoice simulate: note: no auth token (--auth-token or TWILIO_AUTH_TOKEN), so requests are signed with "
+            "a placeholder: the server must run with RTVOICE_VALIDATE_SIGNATURES=0",
             file=sys.stderr,
         )
         token = "unset"
-    audio = args.wav if args.wav else _tone_ulaw()
+    audio = args.wav if args.wav else _default_caller_audio()
     script = (
         CallScript()
         .say(audio, at_ms=args.say_at_ms)
@@ -84,6 +83,9 @@ async def _main(args: argparse.Namespace) -> int:
         if args.record:
             print(f"  recording (left: caller, right: heard): {args.record}")
     ok = result.outcome in ("completed", "closed_by_server", "max_duration") and not result.violations
+    if result.first_bot_audio_ms is None:
+        print("rtvoice simulate: the bot never answered", file=sys.stderr)
+        ok = False
     return 0 if ok else 1
 
 
