@@ -1366,9 +1366,24 @@ cdef class EchoCancellerCore:
                     new_delay = 0
                 if new_delay > self.max_delay:
                     new_delay = self.max_delay
-                if not self.locked or abs(new_delay - self.delay) > 4:
+                shift = new_delay - self.delay
+                if (self.locked and abs(shift) > 4 and self.s_ee > 0.0 and self.s_ed > 3.0 * self.s_ee
+                        and abs(shift) < L):
+                    # A converged filter (ERLE > 5 dB) moves its window only if the taps it would drop hold
+                    # little of the echo path: the envelope correlation wobbles by a block (2 ms) now and then,
+                    # most often when the reference jitters at the I/O edge, and moving the window then cut the
+                    # direct path out of the filter (a residual jump the detector took for the caller). An echo
+                    # that really moved within the window is followed by the adaptation itself.
+                    p = 0.0
+                    s = 0.0
+                    for j in range(L):
+                        s += h[j] * h[j]
+                        if (shift > 0 and j >= L - shift) or (shift < 0 and j < -shift):
+                            p += h[j] * h[j]
+                    if p > 0.1 * s:
+                        shift = 0
+                if not self.locked or abs(shift) > 4:
                     # keep what the taps learned: tap k (total delay delay+k) moves to k + delay - new_delay
-                    shift = new_delay - self.delay
                     if shift > 0:   # taps move towards shorter index
                         for j in range(L - 1, -1, -1):
                             h[j] = h[j - shift] if j - shift >= 0 else 0.0
