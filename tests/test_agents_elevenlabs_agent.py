@@ -130,3 +130,21 @@ async def test_stalled_agent_is_reported(emu: ElevenLabsEmulator) -> None:
         await speak(agent, speech_ulaw())
         await wait_until(lambda: ("stall", True) in sink.faults())
         assert sink.faults() == [("stall", False), ("stall", True)]
+
+
+async def test_start_during_prepare_opens_one_conversation(emu: ElevenLabsEmulator) -> None:
+    """``start`` arriving while the webhook's early connect is in flight reuses that connection."""
+    import asyncio
+
+    agent = ElevenLabsAgent(make_settings(emu))
+    sink = RecordingSink()
+    early = asyncio.create_task(agent.prepare())
+    await asyncio.sleep(0)  # prepare is inside connect, its socket not open yet
+    try:
+        await agent.start(CALL, sink)
+        await early
+        await speak(agent, speech_ulaw())
+        await wait_until(lambda: bool(sink.of("bot_audio")))
+        assert len(emu.conversations) == 1
+    finally:
+        await agent.close()

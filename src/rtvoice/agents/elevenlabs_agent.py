@@ -253,6 +253,7 @@ class ElevenLabsAgent(Agent):
         self.settings = settings
         self.core = ConvAICore(settings)
         self._ws: Any = None
+        self._connect_lock = asyncio.Lock()
         self._audio = bytearray()
         self._early = bytearray()
         self._batch = max(1, append_frames)
@@ -274,21 +275,23 @@ class ElevenLabsAgent(Agent):
         return f"{base}/v1/convai/conversation?agent_id={quote(s.elevenlabs_agent_id)}"
 
     async def _connect(self) -> bool:
-        if self._ws is not None:
-            return True
-        from websockets.asyncio.client import connect
+        # One connection per call even when ``start`` runs while the early ``prepare`` connect is in flight.
+        async with self._connect_lock:
+            if self._ws is not None:
+                return True
+            from websockets.asyncio.client import connect
 
-        headers = {"xi-api-key": self.settings.elevenlabs_api_key} if self.settings.elevenlabs_api_key else {}
-        try:
-            url = await asyncio.wait_for(self._url(), self.connect_timeout_s)
-            self._ws = await asyncio.wait_for(
-                connect(url, additional_headers=headers, max_size=16 * 1024 * 1024, compression=None),
-                self.connect_timeout_s,
-            )
-        except Exception as exc:
-            self._connect_error = f"{type(exc).__name__}: {exc}"
-            return False
-        return True
+            headers = {"xi-api-key": self.settings.elevenlabs_api_key} if self.settings.elevenlabs_api_key else {}
+            try:
+                url = await asyncio.wait_for(self._url(), self.connect_timeout_s)
+                self._ws = await asyncio.wait_for(
+                    connect(url, additional_headers=headers, max_size=16 * 1024 * 1024, compression=None),
+                    self.connect_timeout_s,
+                )
+            except Exception as exc:
+                self._connect_error = f"{type(exc).__name__}: {exc}"
+                return False
+            return True
 
     async def prepare(self) -> None:
         await self._connect()

@@ -304,6 +304,7 @@ class OpenAIElevenLabsAgent(Agent):
         self.settings = settings
         self.core = TextRealtimeCore(settings, self)
         self.link = RealtimeLink(settings, self.core, append_frames=append_frames)
+        self._tts_connect_lock = asyncio.Lock()
         self.tools = ToolRunner(settings, self.core, self.link.kick)
         self.tts = TtsCore(settings)
         self.tts.fault = self.core.fault
@@ -327,26 +328,28 @@ class OpenAIElevenLabsAgent(Agent):
 
     # --- TTS socket -----------------------------------------------------------------------------------------
     async def _tts_connect(self) -> bool:
-        if self._ws is not None:
-            return True
-        from websockets.asyncio.client import connect
+        # One TTS socket even when ``start`` runs while the early ``prepare`` connect is in flight.
+        async with self._tts_connect_lock:
+            if self._ws is not None:
+                return True
+            from websockets.asyncio.client import connect
 
-        try:
-            self._ws = await asyncio.wait_for(
-                connect(
-                    self.tts.url(),
-                    additional_headers={"xi-api-key": self.settings.elevenlabs_api_key},
-                    max_size=16 * 1024 * 1024,
-                    compression=None,
-                ),
-                self.connect_timeout_s,
-            )
-        except Exception as exc:
-            self._tts_error = f"{type(exc).__name__}: {exc}"
-            return False
-        if self._started:
-            self._tasks.append(asyncio.create_task(self._tts_receive(self._ws), name="tts-recv"))
-        return True
+            try:
+                self._ws = await asyncio.wait_for(
+                    connect(
+                        self.tts.url(),
+                        additional_headers={"xi-api-key": self.settings.elevenlabs_api_key},
+                        max_size=16 * 1024 * 1024,
+                        compression=None,
+                    ),
+                    self.connect_timeout_s,
+                )
+            except Exception as exc:
+                self._tts_error = f"{type(exc).__name__}: {exc}"
+                return False
+            if self._started:
+                self._tasks.append(asyncio.create_task(self._tts_receive(self._ws), name="tts-recv"))
+            return True
 
     async def prepare(self) -> None:
         await asyncio.gather(self.link.connect(report=False), self._tts_connect())
