@@ -18,7 +18,7 @@ def test_quality_targets_on_the_reduced_matrix(tmp_path: Path) -> None:
     scenarios = bq.matrix(reduced=True)
     outcomes = bq.run_all(scenarios)
     summary = bq.summarize(outcomes)
-    cost = {"canceller_us": 1.0, "reference_us": 1.0}  # timing is asserted below, not here
+    cost = {"canceller_us": 1.0, "gate_us": 1.0, "reference_us": 1.0}  # timing is asserted below, not here
     table = bq.format_markdown(summary, len(scenarios), cost, bq.false_by_noise(outcomes))
     print("\n" + table)
     bq.plot(outcomes, summary, tmp_path / "quality.png")
@@ -37,6 +37,13 @@ def test_quality_targets_on_the_reduced_matrix(tmp_path: Path) -> None:
 def test_canceller_cost_per_frame() -> None:
     # min over rounds, interleaved with a numpy block-NLMS reference doing comparable work in the same run
     cost = min((bq.canceller_cost(n_frames=400, rounds=5) for _ in range(3)), key=lambda c: c["canceller_us"])
-    print(f"\necho canceller {cost['canceller_us']:.2f} µs/frame, numpy {cost['reference_us']:.1f} µs/frame")
+    print(
+        f"\necho canceller {cost['canceller_us']:.2f} µs/frame, whole gate {cost['gate_us']:.2f} µs/frame, "
+        f"numpy {cost['reference_us']:.1f} µs/frame"
+    )
+    # the measurement is of the adapting path (no double talk froze the filter)
+    assert cost["double_talk_frames"] == 0
     assert cost["reference_us"] / cost["canceller_us"] >= 2.0
-    assert cost["canceller_us"] <= 25.0  # generous ceiling for a shared machine; the budget is 10 µs
+    # the gate adds the ledger position, the reference ring and the history bits: a small fraction on top
+    assert cost["gate_us"] <= 1.5 * cost["canceller_us"] + 1.0
+    assert cost["gate_us"] <= 25.0  # generous ceiling for a shared machine; the budget is 10 µs

@@ -203,3 +203,50 @@ def test_callers_own_turn_does_not_deafen_the_detector_for_the_next_bot_turn() -
     assert not any(f & NEAR_END and f & REF_ACTIVE for f in flags[115:300])  # the bot's echo alone
     barge = flags[300 : 300 + len(CALLER) // 160]
     assert sum(1 for f in barge if f & NEAR_END) >= len(barge) // 3
+
+
+def test_compiled_gate_path_equals_the_facade_path_frame_for_frame() -> None:
+    # EchoAwareGate.frame runs reference lookup, cancellation and the history bits in one compiled call; it
+    # must compute exactly what the separate façade pieces (ReferenceTap + EchoCanceller.process) compute,
+    # including across lost frames (the reference still advances) and a clear (the ring resyncs)
+    line = LineModel(LineConfig(echo_delay_ms=120, erl_db=6.0, noise="white", snr_db=25.0, seed=3))
+    ledger_a, ledger_b = PlaybackLedger(60), PlaybackLedger(60)
+    gate = EchoAwareGate(ledger_a)
+    tap, ec = ReferenceTap(), EchoCanceller()
+    out = np.zeros(160, dtype=np.int16)
+    for led, sink in ((ledger_a, gate.tap.sent), (ledger_b, tap.sent)):
+        led.sent("a", 0, len(BOT), 0)
+        sink(BOT)
+    lost = {37, 38, 90}
+    last = 0
+    for k in range(1, 200):
+        now = k * 20
+        if k == 150:
+            ledger_a.clear(now - 20)
+            ledger_b.clear(now - 20)
+        mic_ulaw = line.mic_frame(SILENT, BOT, now - 20)
+        if k in lost:
+            continue
+        mic = np.asarray(ulaw_decode(mic_ulaw), dtype=np.int16)
+        got = np.asarray(gate.frame(memoryview(mic).cast("B").cast("h"), now, True), dtype=np.int16)
+        for i in range((now - last) // 20 - 1, 0, -1):
+            ec.skip(tap.played_frame(ledger_b, now - i * 20))
+        flags = ec.process(mic, tap.played_frame(ledger_b, now), out)
+        last = now
+        assert got.tobytes() == out.tobytes(), k
+        assert bool(gate._core.recent & 1) == bool(flags & NEAR_END), k
+    assert gate.frames == 199 - len(lost)
+
+
+def test_reference_ring_wraps_around() -> None:
+    # far more audio than the ring holds, sent in odd-sized pieces: the newest frames read back exactly
+    ledger = PlaybackLedger(60)
+    tap = ReferenceTap()
+    audio = bytes((i * 7) % 256 for i in range(300_000))
+    for i in range(0, len(audio), 999):
+        tap.sent(audio[i : i + 999])
+    ledger.sent("a", 0, len(audio), 0)
+    assert tap.written == len(audio)
+    end_ms = len(audio) // 8
+    frame = np.asarray(tap.played_frame(ledger, end_ms), dtype=np.int16)
+    assert frame.tobytes() == np.asarray(ulaw_decode(audio[-160:]), dtype=np.int16).tobytes()

@@ -1254,27 +1254,28 @@ cdef class EchoCancellerCore:
         """A frame the caller's side lost: keep the reference timeline continuous (``ref`` is what played
         meanwhile, 320 bytes), without adapting or deciding anything."""
         cdef Py_buffer rv
-        cdef int i, n = _EC_FRAME, NR = self.nlag + _EC_BPF
-        cdef float v, xe = 0.0
-        cdef const int16_t *r
         _ec_buf(ref, &rv, _EC_SIMPLE, "ref")
         try:
             if rv.len != 2 * _EC_FRAME:
                 raise ValueError(f"ref must be 320 bytes (160 int16 samples); got {rv.len}")
-            r = <const int16_t *>rv.buf
-            _ec_memmove(self.xbuf, self.xbuf + n, (self.xlen - n) * sizeof(float))
-            for i in range(n):
-                v = r[i]
-                self.xbuf[self.xlen - n + i] = v
-                xe += v * v
-            self.eref[self.ref_i] = xe
-            self.ref_i = (self.ref_i + 1) % self.nref
-            # no envelope for the lost mic frame: the reference envelope still advances, mic side is neutral
-            _ec_memmove(self.renv, self.renv + _EC_BPF, (NR - _EC_BPF) * sizeof(float))
-            for i in range(_EC_BPF):
-                self.renv[NR - _EC_BPF + i] = 0.0
+            self._skip(<const int16_t *>rv.buf)
         finally:
             _ec_release(&rv)
+
+    cdef void _skip(self, const int16_t *r) noexcept nogil:
+        cdef int i, n = _EC_FRAME, NR = self.nlag + _EC_BPF
+        cdef float v, xe = 0.0
+        _ec_memmove(self.xbuf, self.xbuf + n, (self.xlen - n) * sizeof(float))
+        for i in range(n):
+            v = r[i]
+            self.xbuf[self.xlen - n + i] = v
+            xe += v * v
+        self.eref[self.ref_i] = xe
+        self.ref_i = (self.ref_i + 1) % self.nref
+        # no envelope for the lost mic frame: the reference envelope still advances, mic side is neutral
+        _ec_memmove(self.renv, self.renv + _EC_BPF, (NR - _EC_BPF) * sizeof(float))
+        for i in range(_EC_BPF):
+            self.renv[NR - _EC_BPF + i] = 0.0
 
     def process(self, mic, ref, out):
         """Cancel one frame; returns the ``EC_*`` flag bits."""
@@ -1550,6 +1551,163 @@ cdef class EchoCancellerCore:
         if self.locked:
             flags |= _EC_F_LOCK
         self.last_flags = flags
+        return flags
+
+
+cdef enum:
+    _RR_BYTES = 1 << 17   # outbound ring: 16.4 s of μ-law, far more than Twilio ever queues
+    _RR_MASK = _RR_BYTES - 1
+    _EG_UNPRIMED = 8      # EchoGateCore.frame(): no bot audio sent yet, the frame was not processed
+
+
+cdef class ReferenceRing:
+    """What was played when (the compiled half of :class:`rtvoice.echo.ReferenceTap`): bot μ-law keyed by the
+    ledger's stream position. ``sent(payload)`` appends (the pacer's hook: send order, so the write position
+    equals ``ledger.sent_pos``); ``played(pos, epoch, out)`` decodes the 20 ms that played up to position
+    ``pos`` into ``out`` (320 bytes). The read cursor advances one frame per call while audio plays instead of
+    following every re-anchoring of the ledger's estimate; it resyncs after a clear (``epoch`` changed) or a
+    drift beyond 60 ms."""
+
+    cdef uint8_t *ring
+    cdef readonly long long written, cursor
+    cdef readonly long long epoch
+    cdef int16_t pcm[_EC_FRAME]
+
+    def __cinit__(self):
+        self.ring = <uint8_t *>PyMem_Malloc(_RR_BYTES)
+        if self.ring == NULL:
+            raise MemoryError()
+        self.written = 0
+        self.cursor = 0
+        self.epoch = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.ring)
+
+    def sent(self, payload):
+        """Bot audio just sent to Twilio."""
+        cdef Py_buffer v
+        cdef Py_ssize_t n, at, first
+        cdef const uint8_t *src
+        _ec_getbuf(payload, &v, _EC_SIMPLE)
+        try:
+            src = <const uint8_t *>v.buf
+            n = v.len
+            if n > _RR_BYTES:  # only the newest ring's worth can ever be read back
+                src += n - _RR_BYTES
+                self.written += n - _RR_BYTES
+                n = _RR_BYTES
+            at = self.written & _RR_MASK
+            first = n if n < _RR_BYTES - at else _RR_BYTES - at
+            memcpy(self.ring + at, src, first)
+            if first < n:
+                memcpy(self.ring, src + first, n - first)
+            self.written += n
+        finally:
+            _ec_release(&v)
+
+    cdef const int16_t *_played(self, long long pos, long long epoch) noexcept nogil:
+        cdef long long cursor = self.cursor, drift, n, i
+        cdef uint8_t code
+        if epoch != self.epoch:  # a clear: what was queued was discarded, never played
+            self.epoch = epoch
+            if pos - _EC_FRAME > cursor:
+                cursor = pos - _EC_FRAME
+        drift = pos - (cursor + _EC_FRAME)
+        if drift > 3 * _EC_FRAME or drift < -3 * _EC_FRAME:
+            cursor = pos - _EC_FRAME if pos > _EC_FRAME else 0
+        if cursor >= pos:
+            n = 0  # nothing (more) has played
+        else:
+            n = self.written - cursor
+            if n > _EC_FRAME:
+                n = _EC_FRAME
+            if n < 0:
+                n = 0
+        for i in range(n):
+            self.pcm[i] = rtv_ulaw_dec[self.ring[(cursor + i) & _RR_MASK]]
+        for i in range(n, _EC_FRAME):
+            self.pcm[i] = 0  # μ-law silence (0xff) decodes to 0
+        self.cursor = cursor + n
+        return self.pcm
+
+    def played(self, long long pos, long long epoch, out):
+        """Decode into ``out`` (320 bytes) the bot audio played in the frame ending at stream position ``pos``
+        (``epoch``: the ledger's clear count)."""
+        cdef Py_buffer ov
+        _ec_buf(out, &ov, _EC_SIMPLE | _EC_WRITABLE, "out")
+        try:
+            if ov.len != 2 * _EC_FRAME:
+                raise ValueError(f"out must be 320 bytes (160 int16 samples); got {ov.len}")
+            memcpy(ov.buf, self._played(pos, epoch), 2 * _EC_FRAME)
+        finally:
+            _ec_release(&ov)
+
+
+cdef class EchoGateCore:
+    """The per-frame work of :class:`rtvoice.echo.EchoAwareGate` in one call: reference from the ring, echo
+    cancellation, and the near-end/echo-only history bits the gate's ``allow`` reads."""
+
+    cdef readonly ReferenceRing ring
+    cdef readonly EchoCancellerCore ec
+    cdef readonly object out          # bytearray(320): the echo-reduced frame
+    cdef Py_buffer outv
+    cdef int has_out
+    #: near-end flags of the last 8 frames and echo-only flags (audible echo, no caller), newest in bit 0
+    cdef readonly int recent, echo_only, primed
+    cdef readonly long long frames, double_talk_frames, last_now
+
+    def __cinit__(self, ReferenceRing ring, EchoCancellerCore ec):
+        self.ring = ring
+        self.ec = ec
+        self.out = bytearray(2 * _EC_FRAME)
+        _ec_getbuf(self.out, &self.outv, _EC_SIMPLE | _EC_WRITABLE)
+        self.has_out = 1
+        self.recent = 0
+        self.echo_only = 0
+        self.primed = 0
+        self.frames = 0
+        self.double_talk_frames = 0
+        self.last_now = 0
+
+    def __dealloc__(self):
+        if self.has_out:
+            _ec_release(&self.outv)
+
+    def skip(self, long long pos, long long epoch):
+        """An inbound frame was lost: advance the canceller's reference by what played up to ``pos``."""
+        cdef const int16_t *r = self.ring._played(pos, epoch)
+        self.ec._skip(r)
+
+    def frame(self, mic, long long pos, long long epoch, long long now):
+        """One inbound frame (``mic``: 320 bytes) ending at stream time ``now``, the ledger's played position
+        ``pos`` and clear count ``epoch``. Returns the canceller's flag bits, or ``_EG_UNPRIMED`` (8) when no bot
+        audio was ever sent (the frame is then not processed: no echo is possible)."""
+        cdef Py_buffer mv
+        cdef int flags, near, echo
+        self.last_now = now
+        if not self.primed:
+            if self.ring.written == 0:
+                self.recent = ((self.recent << 1) | 1) & 0xFF
+                return _EG_UNPRIMED
+            self.primed = 1
+        _ec_buf(mic, &mv, _EC_SIMPLE, "mic")
+        try:
+            if mv.len != 2 * _EC_FRAME:
+                raise ValueError(f"mic must be 320 bytes (160 int16 samples); got {mv.len}")
+            with nogil:
+                flags = self.ec._frame(<const int16_t *>mv.buf, self.ring._played(pos, epoch),
+                                       <int16_t *>self.outv.buf)
+        finally:
+            _ec_release(&mv)
+        near = flags & _EC_F_NEAR
+        self.recent = ((self.recent << 1) | near) & 0xFF
+        # echo-only: bot audio could echo, the mic is not quiet, and the detector says it is all echo
+        echo = 1 if (flags & _EC_F_REF and not near and self.ec.last_ed > _EC_FRAME * 2500.0) else 0
+        self.echo_only = ((self.echo_only << 1) | echo) & 0xFF
+        self.frames += 1
+        if near and flags & _EC_F_REF:
+            self.double_talk_frames += 1
         return flags
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from rtvoice import _dsp
-from rtvoice.audio import ulaw_decode
 
 if TYPE_CHECKING:
     from rtvoice.call.bargein import Source
@@ -45,9 +44,8 @@ MAX_SKIP_FRAMES = 25
 NEAR_END = 1
 REF_ACTIVE = 2
 LOCKED = 4
-_SILENCE = b"\xff" * FRAME
-#: outbound ring: far more than Twilio ever queues (max_queued_ms is <= 10 s in config, 200 ms by default)
-RING_BYTES = 1 << 17  # 16.4 s of μ-law
+#: EchoGateCore.frame: no bot audio sent yet (the frame was not processed)
+_UNPRIMED = 8
 
 
 class EchoCanceller:
@@ -105,7 +103,8 @@ class EchoCanceller:
 
 
 class ReferenceTap:
-    """What was played when: outbound μ-law keyed by the ledger's stream position.
+    """What was played when: outbound μ-law keyed by the ledger's stream position (compiled ring
+    ``rtvoice._dsp.ReferenceRing``).
 
     :meth:`sent` is the pacer's ``on_audio`` hook (called in send order, so the ring's write position always
     equals ``ledger.sent_pos``). :meth:`played_frame` is called once per inbound frame and decodes the 20 ms
@@ -116,56 +115,24 @@ class ReferenceTap:
     than 60 ms.
     """
 
-    __slots__ = ("_cursor", "_epoch", "_frame", "_ring", "_written", "pcm")
+    __slots__ = ("pcm", "ring", "sent")
 
     def __init__(self) -> None:
-        self._ring = bytearray(RING_BYTES)
-        self._written = 0
-        self._cursor = 0
-        self._epoch = 0
-        self._frame = bytearray(b"\xff" * FRAME)
+        self.ring = _dsp.ReferenceRing()
+        #: bot audio just sent to Twilio (the pacer's hook)
+        self.sent = self.ring.sent
         #: the last reference frame, int16
         self.pcm = memoryview(bytearray(FRAME * 2)).cast("h")
 
-    def sent(self, payload: bytes | memoryview) -> None:
-        """Bot audio just sent to Twilio (the pacer's hook)."""
-        n = len(payload)
-        at = self._written % RING_BYTES
-        first = min(n, RING_BYTES - at)
-        self._ring[at : at + first] = payload[:first]
-        if first < n:
-            self._ring[: n - first] = payload[first:]
-        self._written += n
+    @property
+    def written(self) -> int:
+        """Bytes sent so far (the ring's write position)."""
+        return int(self.ring.written)
 
     def played_frame(self, ledger: PlaybackLedger, now: int) -> memoryview:
         """int16 view of the bot audio played in the 20 ms ending at stream time ``now`` (valid until the next
         call)."""
-        pos = ledger.played_pos(now)
-        if ledger.epoch != self._epoch:  # a clear: what was queued was discarded, never played
-            self._epoch = ledger.epoch
-            self._cursor = max(self._cursor, pos - FRAME)
-        cursor = self._cursor
-        # The reference advances exactly one frame per inbound frame while audio plays: the ledger's estimate
-        # moves by a few ms whenever a mark echo re-anchors it (and by wall-clock jitter at the I/O edge), and
-        # following it would shift the reference against the echo. Only a drift beyond 60 ms resyncs.
-        drift = pos - (cursor + FRAME)
-        if drift > 3 * FRAME or drift < -3 * FRAME:
-            cursor = max(pos - FRAME, 0)
-        frame = self._frame
-        if cursor >= pos:
-            frame[:] = _SILENCE  # nothing (more) has played
-        else:
-            n = min(FRAME, self._written - cursor)
-            at = cursor % RING_BYTES
-            first = min(n, RING_BYTES - at)
-            frame[:first] = self._ring[at : at + first]
-            if first < n:
-                frame[first:n] = self._ring[: n - first]
-            if n < FRAME:
-                frame[n:] = _SILENCE[: FRAME - n]
-            cursor += n
-        self._cursor = cursor
-        ulaw_decode(frame, self.pcm)
+        self.ring.played(ledger.played_pos(now), ledger.epoch, self.pcm)
         return self.pcm
 
 
@@ -220,51 +187,44 @@ class EchoAwareGate:
         self.ledger = ledger
         self.tap = ReferenceTap()
         self.canceller = canceller if canceller is not None else EchoCanceller()
-        self._out = memoryview(bytearray(FRAME * 2)).cast("h")
-        self._recent = 0  # near-end flags of the last frames, newest in bit 0
-        self._echo_only = 0  # frames with audible echo and no caller, newest in bit 0
-        self._primed = False  # any bot audio sent yet (until then the canceller has nothing to do)
-        self._last_now = 0
-        #: frames processed / with double talk while bot audio could echo
-        self.frames = 0
-        self.double_talk_frames = 0
+        # the per-frame work (reference, cancellation, history bits) is one compiled call
+        self._core = _dsp.EchoGateCore(self.tap.ring, self.canceller._core)
+        self._out = memoryview(self._core.out).cast("h")
+
+    @property
+    def frames(self) -> int:
+        """Frames processed while bot audio could echo."""
+        return int(self._core.frames)
+
+    @property
+    def double_talk_frames(self) -> int:
+        """Frames in which the detector heard the caller over possible echo."""
+        return int(self._core.double_talk_frames)
 
     def frame(self, pcm: memoryview, now: int, bot_active: bool) -> memoryview:
         """Cancel echo in one decoded inbound frame (the 20 ms ending at ``now``); returns the frame for the
         VAD (valid until the next call)."""
-        last, self._last_now = self._last_now, now
-        if not self._primed:
-            # nothing has been played yet: no echo possible, the VAD hears the caller as is
-            if self.tap._written == 0:
-                self._recent = (self._recent << 1 | 1) & 0xFF
-                return pcm
-            self._primed = True
-        elif now - last > FRAME_MS:
+        core = self._core
+        ledger = self.ledger
+        gap = now - core.last_now
+        if gap > FRAME_MS and core.primed:
             # frames lost on the way in (the call fills them with silence for the agent): the canceller's
             # reference must still advance by what played meanwhile, or the echo delay slips by 20 ms per loss
-            missing = min((now - last) // FRAME_MS - 1, MAX_SKIP_FRAMES)
-            for i in range(missing, 0, -1):
-                self.canceller.skip(self.tap.played_frame(self.ledger, now - i * FRAME_MS))
-        ref = self.tap.played_frame(self.ledger, now)
-        flags = self.canceller.process(pcm, ref, self._out)
-        near = flags & NEAR_END
-        self._recent = (self._recent << 1 | near) & 0xFF
-        # echo-only: bot audio could echo, the mic is not quiet, and the detector says it is all echo
-        echo = bool(flags & REF_ACTIVE) and not near and self.canceller.last_energies[0] > FRAME * 2500.0
-        self._echo_only = (self._echo_only << 1 | echo) & 0xFF
-        self.frames += 1
-        if near and flags & REF_ACTIVE:
-            self.double_talk_frames += 1
+            for i in range(min(gap // FRAME_MS - 1, MAX_SKIP_FRAMES), 0, -1):
+                t = now - i * FRAME_MS
+                core.skip(ledger.played_pos(t), ledger.epoch)
+        if core.frame(pcm, ledger.played_pos(now), ledger.epoch, now) & _UNPRIMED:
+            return pcm  # nothing has been played yet: no echo possible, the VAD hears the caller as is
         return self._out
 
     def allow(self, source: Source, onset_ms: int, now: int) -> bool:
         if source == "vad":
             # the VAD saw the echo-reduced signal; at least 2 of the last 3 frames must show the caller above
             # the echo
-            r = self._recent & 0b111
+            r = self._core.recent & 0b111
             return (r & 1) + (r >> 1 & 1) + (r >> 2 & 1) >= 2
         # a vendor hint (its VAD hears the raw audio): refused only when the last 3 frames were audible echo
-        return self._echo_only & 0b111 != 0b111
+        return self._core.echo_only & 0b111 != 0b111
 
 
 def make_gate(policy: str, ledger: PlaybackLedger) -> FrameGate:
