@@ -10,6 +10,7 @@ Callers speak with :data:`CALLER_VOICE` (male, lower pitch), the bot with :data:
 tell
 them apart. espeak-ng carries state from one utterance to the next, so the output is deterministic for this
 script's fixed order in a fresh process (rerunning reproduces the committed bytes), not for each text alone.
+espeak-ng's 22050 Hz output is brought to 8 kHz by rtvoice's own resampler (``rtvoice.agents.local.dsp``).
 Files are raw G.711 μ-law at 8 kHz (8000 bytes per second), no header, as Twilio Media Streams carry them.
 They live inside the package (``rtvoice/fixtures``) so that ``python -m rtvoice demo`` works from an install.
 """
