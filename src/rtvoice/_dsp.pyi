@@ -134,6 +134,7 @@ class EchoCancellerCore:
     rise: float
     bg_ratio: float
     bg_cap_ratio: float
+    pass_hang: int
     veto_ratio: float
     def __init__(
         self, taps: int = 48, max_delay_ms: int = 350, mu: float = 0.4, dt_threshold_db: float = 6.0
@@ -162,6 +163,7 @@ class EchoGateCore:
     recent: int
     echo_only: int
     primed: int
+    learn_unprimed: int
     frames: int
     double_talk_frames: int
     last_now: int

@@ -1158,6 +1158,7 @@ cdef class EchoCancellerCore:
     #: mic/echo-estimate ratio of the converged-filter test, rise rate of the residual-echo gains, and how far
     #: above the background a frame must be to count as the caller
     cdef public double ncc_ratio, rise, bg_ratio, veto_ratio, bg_cap_ratio
+    cdef public int pass_hang
     cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt, ref_frames
     cdef readonly double conf
     cdef double s_ed, s_ee
@@ -1184,6 +1185,7 @@ cdef class EchoCancellerCore:
         self.bg_ratio = 8.0
         self.veto_ratio = 1.1
         self.bg_cap_ratio = 6.0
+        self.pass_hang = 1
         self.lam = 0.985
         self.xbuf = <float *>PyMem_Malloc(self.xlen * sizeof(float))
         self.h = <float *>PyMem_Malloc(taps * sizeof(float))
@@ -1503,6 +1505,11 @@ cdef class EchoCancellerCore:
         # background level: mean residual energy of the frames that are not the caller (time constant ~1 s),
         # learned before the bot speaks too. Frames far above it (an unconverged echo, a caller the detector
         # missed) move it only slowly, and never while no echo is possible (that is the caller's own turn).
+        if self.bg <= 0.0:
+            # the first frame seen: a start far closer to the background than zero (from zero, the rule
+            # below let it grow only slowly, and babble in the first seconds of a bot turn passed for the
+            # caller)
+            self.bg = ee
         if self.bg <= 0.0 or ee < 2.0 * self.bg:
             if not nearend or not ref_active:
                 self.bg += 0.05 * (ee - self.bg)
@@ -1532,7 +1539,10 @@ cdef class EchoCancellerCore:
                         norm = 0.0
 
         # 6. output: the residual when the caller talks; echo-only frames are brought down to the noise level
-        if nearend or ee <= self.noise or ee <= 0.0:
+        # (and for pass_hang frames after double talk: the detector flickers on a caller over loud echo or
+        # babble, and suppressing the frame between two caller frames broke the VAD's onset run, delaying
+        # barge-ins by up to 400 ms)
+        if nearend or ee <= self.noise or ee <= 0.0 or self.since_dt <= self.pass_hang:
             scale = 1.0
         else:
             scale = sqrt(self.noise / ee)
@@ -1655,6 +1665,13 @@ cdef class EchoGateCore:
     cdef int has_out
     #: near-end flags of the last 8 frames and echo-only flags (audible echo, no caller), newest in bit 0
     cdef readonly int recent, echo_only, primed
+    #: process the frames before any bot audio (zero reference) so the detector knows the line's background
+    #: when the bot starts. Off: a caller still talking when the bot starts is then heard as double talk, the
+    #: residual suppression ends the VAD's utterance and the next frames start a new one, a barge-in on an
+    #: utterance that began before the bot (tests/test_call_e2e_echo.py). On, the quality matrix improves
+    #: (babble at the bot's start), so it stays a switch.
+    cdef public int learn_unprimed
+    cdef int16_t zero[_EC_FRAME]
     cdef readonly long long frames, double_talk_frames, last_now
 
     def __cinit__(self, ReferenceRing ring, EchoCancellerCore ec):
@@ -1666,6 +1683,8 @@ cdef class EchoGateCore:
         self.recent = 0
         self.echo_only = 0
         self.primed = 0
+        self.learn_unprimed = 0
+        memset(self.zero, 0, sizeof(self.zero))
         self.frames = 0
         self.double_talk_frames = 0
         self.last_now = 0
@@ -1689,6 +1708,16 @@ cdef class EchoGateCore:
         if not self.primed:
             if self.ring.written == 0:
                 self.recent = ((self.recent << 1) | 1) & 0xFF
+                if self.learn_unprimed:
+                    # no echo possible yet, but the detector learns the line's background meanwhile
+                    _ec_buf(mic, &mv, _EC_SIMPLE, "mic")
+                    try:
+                        if mv.len != 2 * _EC_FRAME:
+                            raise ValueError(f"mic must be 320 bytes (160 int16 samples); got {mv.len}")
+                        with nogil:
+                            self.ec._frame(<const int16_t *>mv.buf, self.zero, <int16_t *>self.outv.buf)
+                    finally:
+                        _ec_release(&mv)
                 return _EG_UNPRIMED
             self.primed = 1
         _ec_buf(mic, &mv, _EC_SIMPLE, "mic")

@@ -79,6 +79,10 @@ class PlaybackLedger:
         # The anchor: audio up to ``_anchor_pos`` had played by ``_anchor_t`` (last echoed mark, or a clear).
         self._anchor_pos = 0
         self._anchor_t = 0
+        # The latest time the audio up to _anchor_pos can have finished playing by the unaltered echo stamps:
+        # a lower bound chain that only moves up (a re-stamped or early stamp never lowers it), used to tell a
+        # stale stamp from an on-time one (see acked()).
+        self._lb_t = 0
         self._chunks: deque[_Chunk] = deque()
         self._pending: dict[str, MarkInfo] = {}
         self._retired: dict[str, None] = {}  # insertion-ordered set
@@ -188,6 +192,9 @@ class PlaybackLedger:
         # was heard by 20 ms per lost frame until the next echo); the earliest feasible time is then the best
         # estimate. Stamps within the slack are kept as they are: clamping every one would ratchet the anchor
         # towards the latest end of the stamps' +-10 ms uncertainty.
+        # (The bound is walked from the lower-bound chain, not from the anchor itself: from the anchor, a run
+        # of stale stamps each within the slack of the previous one would walk the anchor down by 10 ms per
+        # echo.)
         earliest = self._earliest_end(info.position)
         if now < earliest - MARK_TIME_SLACK_MS:
             now = earliest
@@ -196,8 +203,10 @@ class PlaybackLedger:
         if info.position > self._anchor_pos:
             self._anchor_pos = info.position
             self._anchor_t = now
+            self._lb_t = max(now, earliest)
         elif info.position == self._anchor_pos:
             self._anchor_t = max(self._anchor_t, now)
+            self._lb_t = max(self._lb_t, now)
         self._prune()
         return MarkAck(info, now)
 
@@ -214,6 +223,7 @@ class PlaybackLedger:
         # Twilio's buffer is empty now: the next audio starts playing when it arrives.
         self._anchor_pos = self.sent_pos
         self._anchor_t = now
+        self._lb_t = now
         self._last_mark_pos = self.sent_pos
         self._chunks.clear()
         self._walk_now = -1
@@ -262,9 +272,9 @@ class PlaybackLedger:
 
     def _earliest_end(self, position: int) -> int:
         """Earliest stream time (ms) at which audio up to ``position`` can have finished playing: from the
-        anchor at real-time rate, each chunk starting no earlier than it was sent (the inverse of
+        anchor's position at its lower-bound time, at real-time rate, each chunk starting no earlier than it was sent (the inverse of
         :meth:`played_pos`)."""
-        pos, clock = self._anchor_pos, self._anchor_t
+        pos, clock = self._anchor_pos, self._lb_t
         if position <= pos:
             return clock
         for c in self._chunks:
