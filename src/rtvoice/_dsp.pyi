@@ -109,6 +109,7 @@ class InboundJitter:
 EC_NEAR_END: int
 EC_REF_ACTIVE: int
 EC_LOCKED: int
+EC_ABOVE_BG: int
 
 class EchoCancellerCore:
     taps: int

@@ -1124,11 +1124,13 @@ cdef enum:
     _EC_F_NEAR = 1
     _EC_F_REF = 2
     _EC_F_LOCK = 4
+    _EC_F_ABOVE = 16
 
 #: EchoCancellerCore.process() result bits
 EC_NEAR_END = 1      # the double-talk detector says the caller is talking (or no echo is possible)
 EC_REF_ACTIVE = 2    # bot audio that can still echo was played within the delay window
 EC_LOCKED = 4        # the bulk-delay estimator has locked on the echo delay
+EC_ABOVE_BG = 16     # the residual is bg_ratio above the line's background (noise, babble)
 
 
 cdef class EchoCancellerCore:
@@ -1310,7 +1312,7 @@ cdef class EchoCancellerCore:
         cdef float *e1 = self.e1
         cdef float acc, v, m, xs, g, norm, reg = L * 900.0, blk_r, blk_m
         cdef double ed = 0.0, ee = 0.0, ey = 0.0, ex = 0.0, xe = 0.0, xmax, s, p, rr, pred, scale, bgn
-        cdef int nearend, ref_active, flags = 0
+        cdef int nearend, ref_active, above, flags = 0
         cdef int NR = self.nlag + _EC_BPF
 
         # 1. shift the reference history by one frame and append the new reference frame
@@ -1434,6 +1436,16 @@ cdef class EchoCancellerCore:
         if self.noise < n * 25.0:
             self.noise = n * 25.0
         pred = 0.0
+        # the line's background (noise, babble) the canceller cannot remove: its mean, capped at bg_cap_ratio
+        # (~8 dB) above the noise floor (a mean far above the minimum is residual echo of a filter still
+        # converging, which the residual test below already accounts for; counting it twice deafened the
+        # detector to callers barging in early in a bot turn)
+        bgn = self.bg_cap_ratio * self.noise
+        if bgn > self.bg:
+            bgn = self.bg
+        # louder than the background by bg_ratio: babble seldom is, a caller barging in is (reported apart from
+        # the near-end decision, which is 1 whenever no echo is possible)
+        above = self.bg <= 0.0 or ee > self.bg_ratio * bgn
         if not ref_active:
             nearend = 1
         else:
@@ -1457,14 +1469,7 @@ cdef class EchoCancellerCore:
                 nearend = 0
             # ... and louder than the recent background (echo residue + noise, babble included) by the same
             # margin: a burst of background voices is not the caller
-            # (the background is the line's noise and babble, which the canceller cannot remove: its mean is
-            # capped at bg_cap_ratio (~8 dB) above the noise floor, the minimum: a mean far above the minimum is
-            # residual echo of a filter still converging, which the residual test above already accounts for,
-            # and counting it twice deafened the detector to callers barging in early in a bot turn)
-            bgn = self.bg_cap_ratio * self.noise
-            if bgn > self.bg:
-                bgn = self.bg
-            if nearend and ee <= self.bg_ratio * bgn:
+            if not above:
                 nearend = 0
             rr = ee - self.noise
             if rr < 0.0:
@@ -1560,6 +1565,8 @@ cdef class EchoCancellerCore:
             flags |= _EC_F_REF
         if self.locked:
             flags |= _EC_F_LOCK
+        if above:
+            flags |= _EC_F_ABOVE
         self.last_flags = flags
         return flags
 
@@ -1730,7 +1737,9 @@ cdef class EchoGateCore:
         finally:
             _ec_release(&mv)
         near = flags & _EC_F_NEAR
-        self.recent = ((self.recent << 1) | near) & 0xFF
+        # for the barge-in decision a frame with no echo possible (a pause in the bot's answer longer than the
+        # echo delay, its first frames) must still rise above the background: babble is not the caller
+        self.recent = ((self.recent << 1) | (1 if near and (flags & _EC_F_REF or flags & _EC_F_ABOVE) else 0)) & 0xFF
         # echo-only: bot audio could echo, the mic is not quiet, and the detector says it is all echo
         echo = 1 if (flags & _EC_F_REF and not near and self.ec.last_ed > _EC_FRAME * 2500.0) else 0
         self.echo_only = ((self.echo_only << 1) | echo) & 0xFF

@@ -272,8 +272,8 @@ class PlaybackLedger:
 
     def _earliest_end(self, position: int) -> int:
         """Earliest stream time (ms) at which audio up to ``position`` can have finished playing: from the
-        anchor's position at its lower-bound time, at real-time rate, each chunk starting no earlier than it was sent (the inverse of
-        :meth:`played_pos`)."""
+        anchor's position at its lower-bound time, at real-time rate, each chunk starting no earlier than it
+        was sent (the inverse of :meth:`played_pos`)."""
         pos, clock = self._anchor_pos, self._lb_t
         if position <= pos:
             return clock
