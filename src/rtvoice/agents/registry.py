@@ -35,11 +35,15 @@ def agent_class(mode: str) -> type[Agent]:
 def preflight(settings: Settings, mode: str | None = None) -> None:
     """Start-up checks of the agent class for ``mode`` (default ``settings.agent``), if it has any.
 
-    An agent class may define ``preflight(settings)`` (a classmethod) that raises :class:`ConfigError` for
+    The mode's credentials are checked (:meth:`Settings.check_agent_credentials`), then an agent class may
+    define ``preflight(settings)`` (a classmethod) that raises :class:`ConfigError` for
     what would otherwise fail at the first call (e.g. the local agent's scenario file); ``serve`` runs it
     before binding.
     """
-    check = getattr(agent_class(mode or settings.agent), "preflight", None)
+    chosen = mode or settings.agent
+    # A missing key for the chosen mode stops startup with the variable's name, not a fault at the first call.
+    settings.with_overrides(agent=chosen).check_agent_credentials()
+    check = getattr(agent_class(chosen), "preflight", None)
     if check is not None:
         check(settings)
 
