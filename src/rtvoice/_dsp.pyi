@@ -135,6 +135,7 @@ class EchoCancellerCore:
     rise: float
     bg_ratio: float
     bg_cap_ratio: float
+    rise_cap: float
     pass_hang: int
     veto_ratio: float
     def __init__(

@@ -1159,7 +1159,7 @@ cdef class EchoCancellerCore:
     #: tunables of the double-talk detector (defaults chosen on the quality benchmark's scenario matrix):
     #: mic/echo-estimate ratio of the converged-filter test, rise rate of the residual-echo gains, and how far
     #: above the background a frame must be to count as the caller
-    cdef public double ncc_ratio, rise, bg_ratio, veto_ratio, bg_cap_ratio
+    cdef public double ncc_ratio, rise, bg_ratio, veto_ratio, bg_cap_ratio, rise_cap
     cdef public int pass_hang
     cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt, ref_frames
     cdef readonly double conf
@@ -1187,6 +1187,7 @@ cdef class EchoCancellerCore:
         self.bg_ratio = 8.0
         self.veto_ratio = 1.1
         self.bg_cap_ratio = 6.0
+        self.rise_cap = 0.3
         self.pass_hang = 1
         self.lam = 0.985
         self.xbuf = <float *>PyMem_Malloc(self.xlen * sizeof(float))
@@ -1482,11 +1483,18 @@ cdef class EchoCancellerCore:
                 fall = 0.15 if self.ref_frames > self.nref else 0.05
                 # (a gain is only learned from frames where the reference is loud, rms >= 300: with a quiet
                 # reference the ratio measures the noise, not the echo path)
+                # (a rise is capped at 1 + rise_cap - rise per frame, x1.15 = 0.6 dB by default, 30 dB/s: a caller
+                # frame the detector missed, over a quiet reference, would otherwise multiply the gain tenfold in
+                # one frame and deafen the detector to the rest of the barge-in)
                 if xmax > n * 90000.0:
                     p = rr / xmax
+                    if p > self.rise_cap * self.g_max / self.rise:
+                        p = self.rise_cap * self.g_max / self.rise
                     self.g_max += (self.rise if p > self.g_max else fall) * (p - self.g_max)
                 if self.locked and ex > n * 90000.0:
                     p = rr / ex
+                    if p > self.rise_cap * self.g_al / self.rise:
+                        p = self.rise_cap * self.g_al / self.rise
                     self.g_al += (self.rise if p > self.g_al else fall) * (p - self.g_al)
                     self.n_al += 1
                 self.s_ed = 0.95 * self.s_ed + ed
