@@ -317,3 +317,26 @@ def test_tts_turn_completes_by_alignment_and_closes_its_context() -> None:
     assert core.contexts == {}
     core.feed({"isFinal": True, "contextId": "ctx-1"}, 0.3)  # the server's answer to the close: nothing more
     assert len(sink.of("bot_audio_done")) == 1
+
+
+def test_a_response_whose_audio_stopped_is_ended_and_late_audio_continues_it() -> None:
+    """ConvAI sends no end-of-response event: audio idle for ITEM_IDLE_S ends the item (else the call would
+    count the agent as speaking forever and clear Twilio when the caller next speaks)."""
+    from rtvoice.agents.elevenlabs_agent import ITEM_IDLE_S
+
+    core, sink = convai()
+    core.feed(metadata(), 0)
+    core.feed({"type": "agent_response", "agent_response_event": {"agent_response": "Hello there."}}, 0)
+    core.feed(audio(1, b"\x11" * 400), 10.0)
+    core.check_stall(10.0 + ITEM_IDLE_S / 2)
+    assert sink.of("bot_audio_done") == []  # a short pause is not the end
+    core.check_stall(10.0 + ITEM_IDLE_S)
+    assert sink.of("bot_audio_done") == [("bot_audio_done", "el-1")]
+    # Late audio of the same response: a continuation item, which does not take the next response's text.
+    core.feed(audio(2, b"\x22" * 160), 11.0)
+    core.feed({"type": "agent_response", "agent_response_event": {"agent_response": "Bye."}}, 12.0)
+    core.feed(audio(3, b"\x33" * 160), 12.0)
+    assert sink.audio("el-2") == b"\x22" * 160
+    texts = [(c[1], c[2]) for c in sink.of("bot_text")]
+    assert texts == [("el-1", "Hello there."), ("el-3", "Bye.")]
+    assert ("bot_audio_done", "el-2") in sink.calls

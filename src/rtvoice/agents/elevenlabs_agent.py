@@ -46,6 +46,13 @@ CHUNK_PREFIX = '{"user_audio_chunk":"'
 CHUNK_SUFFIX = '"}'
 #: Caller audio kept while the agent's input format is not known yet (before the initiation metadata): 1 s.
 EARLY_AUDIO_LIMIT = 8000
+#: ConvAI never says that a response's audio ended (no done event; ``agent_response`` comes before the audio),
+#: so a response whose audio stopped arriving this long ago is ended here (``bot_audio_done``). Left open, the
+#: call would count the agent as still speaking after its answer had played, and a caller who then speaks
+#: would be "barging in" on silence (a needless ``clear``, and the agent's next audio muted until the
+#: transcript). ConvAI streams a response faster than real time, so a longer pause is the end of it; audio
+#: that still comes later plays as a continuation item.
+ITEM_IDLE_S = 0.5
 
 
 def _default_instructions() -> str:
@@ -72,6 +79,8 @@ class ConvAICore:
         self._last_item: str | None = None  # the latest response (for transcript corrections)
         self._item_has_text = False
         self._pending_text: str | None = None
+        self._last_audio_at = 0.0
+        self._idle_closed = False  # the current response's item was ended by ITEM_IDLE_S (more may follow)
         self._muted = False  # after a local barge-in: drop audio until the next response starts
         self.awaiting_since: float | None = None
         self.stall_timeout_s = settings.vendor_first_byte_timeout_s
@@ -199,6 +208,7 @@ class ConvAICore:
         self._pending_text = text
 
     def close_item(self) -> None:
+        self._idle_closed = False
         if self.item is not None:
             if self.sink is not None:
                 self.sink.bot_audio_done(self.item)
@@ -213,10 +223,12 @@ class ConvAICore:
         if self._muted or self._out is None or self.sink is None:
             return
         data = b64decode(str(ev.get("audio_base_64") or ""))
+        self._last_audio_at = now
         if self.item is None:
             self.item = f"el-{eid}"
             self._last_item = self.item
-            self._item_has_text = self._pending_text is not None
+            # a continuation of a response ended by ITEM_IDLE_S does not take the next response's text
+            self._item_has_text = self._pending_text is not None or self._idle_closed
             if self._pending_text is not None:
                 self.sink.bot_text(self.item, self._pending_text, True)
                 self._pending_text = None
@@ -230,8 +242,11 @@ class ConvAICore:
 
     def check_stall(self, now: float) -> None:
         """No agent audio ``stall_timeout_s`` after the caller's transcript: a fault (fatal the second
-        time).
+        time). Also ends a response whose audio stopped ``ITEM_IDLE_S`` ago.
         """
+        if self.item is not None and now - self._last_audio_at >= ITEM_IDLE_S:
+            self.close_item()
+            self._idle_closed = True
         if self.awaiting_since is None or self.failed or now - self.awaiting_since < self.stall_timeout_s:
             return
         self.stalls += 1
