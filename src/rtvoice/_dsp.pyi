@@ -137,6 +137,7 @@ class EchoCancellerCore:
     bg_cap_ratio: float
     rise_cap: float
     pass_hang: int
+    pass_ratio: float
     veto_ratio: float
     def __init__(
         self, taps: int = 48, max_delay_ms: int = 350, mu: float = 0.4, dt_threshold_db: float = 6.0
