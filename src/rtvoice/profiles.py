@@ -9,8 +9,7 @@ A profiles file is TOML (``RTVOICE_PROFILES=profiles.toml``)::
     "+15550002000" = "sales"
 
     [profiles.front-desk]
-    instructions = '''You are the front desk of Bella Napoli. The caller is {caller}; it is {time} on
-    {date}.'''
+    instructions = '''You are the front desk of Bella Napoli. The caller is {caller}; it is {time} on {date}.'''
     greeting = "Bella Napoli, how can I help?"
     voice = "marin"                     # OpenAI voice
     elevenlabs_voice_id = "21m00Tcm4TlvDq8ikWAM"

@@ -1,12 +1,9 @@
 """Voice activity on the caller's audio: webrtcvad per 20 ms frame plus an onset/hangover state machine.
 
-webrtcvad classifies single frames and blips on clicks, breaths and line noise. A barge-in must not fire on
-a blip
+webrtcvad classifies single frames and blips on clicks, breaths and line noise. A barge-in must not fire on a blip
 (the peers' bug: clearing the greeting on every VAD flicker), so speech *starts* only after ``onset_frames``
-consecutive speech frames and *ends* only after ``hangover_frames`` consecutive non-speech frames. The
-reported
-onset time is the stream time of the first speech frame of the run, not of the frame that confirmed it, so
-barge-in
+consecutive speech frames and *ends* only after ``hangover_frames`` consecutive non-speech frames. The reported
+onset time is the stream time of the first speech frame of the run, not of the frame that confirmed it, so barge-in
 reaction time and turn latency are measured from when the caller really started or stopped talking.
 
 webrtcvad also keeps its own hangover: after even one speech frame it keeps answering "speech" for several

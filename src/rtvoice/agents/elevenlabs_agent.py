@@ -1,15 +1,12 @@
 """``RTVOICE_AGENT=elevenlabs-agent``: an ElevenLabs Conversational AI agent over its WebSocket.
 
 Written by hand on the ``websockets`` asyncio client (the SDK's conversation classes are thread-based; see
-vendors.md §B.6). The signed URL for private agents comes from the ``elevenlabs`` SDK's async REST client,
-pointed
+vendors.md §B.6). The signed URL for private agents comes from the ``elevenlabs`` SDK's async REST client, pointed
 at ``ELEVENLABS_BASE_URL``.
 
 * :class:`ConvAICore` (sans-I/O) maps server messages to sink calls and queues client messages: the
-  ``conversation_initiation_client_data`` (dynamic variables: caller number, called number, CallSid;
-  overrides:
-  the prompt when ``RTVOICE_INSTRUCTIONS`` was configured, the first message from ``RTVOICE_GREETING``),
-  ``pong``
+  ``conversation_initiation_client_data`` (dynamic variables: caller number, called number, CallSid; overrides:
+  the prompt when ``RTVOICE_INSTRUCTIONS`` was configured, the first message from ``RTVOICE_GREETING``), ``pong``
   for every ``ping``, audio transcoding from the formats the agent announces in
   ``conversation_initiation_metadata`` (μ-law pass-through when the agent is set to ``ulaw_8000``), the
   ``interruption`` rule of the SDK (drop audio whose ``event_id`` is not newer than the interruption's).

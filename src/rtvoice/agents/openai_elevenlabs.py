@@ -1,31 +1,24 @@
 """``RTVOICE_AGENT=openai-elevenlabs``: OpenAI Realtime listens (text output), ElevenLabs speaks.
 
 Data flow: caller μ-law -> OpenAI Realtime (server VAD, transcription, ``output_modalities: ["text"]``) ->
-``response.output_text.delta`` -> ElevenLabs ``multi-stream-input`` TTS WebSocket (one context per bot turn)
-->
+``response.output_text.delta`` -> ElevenLabs ``multi-stream-input`` TTS WebSocket (one context per bot turn) ->
 audio (``ulaw_8000`` pass-through, or ``pcm_16000``/``pcm_24000`` resampled to 8 kHz and encoded) -> the call.
 
-* :class:`TextRealtimeCore` is :class:`~rtvoice.agents.openai_realtime.RealtimeCore` in text mode: text
-deltas go
+* :class:`TextRealtimeCore` is :class:`~rtvoice.agents.openai_realtime.RealtimeCore` in text mode: text deltas go
   to the TTS bridge instead of the sink, and :meth:`TextRealtimeCore.replace_assistant_text` corrects the
   conversation after a barge-in.
-* :class:`TtsCore` (sans-I/O) is the multi-context TTS client: context lifecycle (init, text on word
-boundaries,
+* :class:`TtsCore` (sans-I/O) is the multi-context TTS client: context lifecycle (init, text on word boundaries,
   ``flush`` at turn end, ``close_context`` on barge-in and for finished turns, never more than 5 open), audio
   conversion and the per-context :class:`~rtvoice.agents.vendor_common.Alignment`.
 * :class:`OpenAIElevenLabsAgent` wires both to the agent interface. Item ids at the sink boundary are the TTS
   context ids.
 
-Barge-in: OpenAI text items cannot be truncated by ``audio_end_ms`` (truncate applies to audio content only),
-so
-the assistant item is deleted (``conversation.item.delete``) and, if the caller heard anything, an assistant
-text
-item with exactly the heard text (cut by the ElevenLabs character timings at the heard position, back to a
-whole
+Barge-in: OpenAI text items cannot be truncated by ``audio_end_ms`` (truncate applies to audio content only), so
+the assistant item is deleted (``conversation.item.delete``) and, if the caller heard anything, an assistant text
+item with exactly the heard text (cut by the ElevenLabs character timings at the heard position, back to a whole
 word) is inserted in its place (``conversation.item.create`` with ``previous_item_id``).
 
-The TTS socket is opened with ``inactivity_timeout=180`` (the maximum) and re-opened lazily at the start of a
-turn
+The TTS socket is opened with ``inactivity_timeout=180`` (the maximum) and re-opened lazily at the start of a turn
 if ElevenLabs closed it while the line was idle.
 """
 

@@ -10,20 +10,16 @@ Layers, sans-I/O first:
   reconnect, first-byte stall detection and which ``error`` codes are fatal. Tested without sockets.
 * :class:`RealtimeLink` is the thin I/O edge: it connects with
 ``AsyncOpenAI(...).realtime.connect(model=...)``,
-  runs a receiver, a sender and a watchdog task, and reconnects (new session + context replay) after a drop
-  or the
+  runs a receiver, a sender and a watchdog task, and reconnects (new session + context replay) after a drop or the
   60-minute session limit.
 * :class:`OpenAIRealtimeAgent` wires both to the :class:`~rtvoice.agents.base.Agent` interface.
 
-Audio paths (``OPENAI_AUDIO_FORMAT``): ``pcmu`` sends Twilio's μ-law bytes untouched both ways (zero
-transcoding);
+Audio paths (``OPENAI_AUDIO_FORMAT``): ``pcmu`` sends Twilio's μ-law bytes untouched both ways (zero transcoding);
 ``pcm`` sends 24 kHz int16 through the compiled resampler (8k->24k in, 24k->8k out + μ-law encode).
 
-Uplink batching: ``send_audio`` only appends the frame to a bytearray; the sender task base64-encodes
-everything
+Uplink batching: ``send_audio`` only appends the frame to a bytearray; the sender task base64-encodes everything
 queued once ``append_frames`` frames (default 2 = 40 ms) are there, in one ``input_audio_buffer.append``. One
-frame per message halves the batching delay (20 ms less worst-case latency to the server's VAD) but doubles
-the
+frame per message halves the batching delay (20 ms less worst-case latency to the server's VAD) but doubles the
 messages, JSON/base64 work and syscalls per call; 40 ms is the middle ground (the OpenAI Agents SDK's Twilio
 example buffers 50 ms). Server VAD waits ~500 ms of silence anyway, so 20 ms of batching is ~4 % of the turn
 gap.

@@ -1,8 +1,7 @@
 """Pieces shared by the vendor agents (OpenAI Realtime, ElevenLabs): all sans-I/O, all tested without sockets.
 
 * :func:`ws_base_url`: ``http``->``ws``, ``https``->``wss`` for a configured REST base URL.
-* :class:`ToUlaw8k` / :class:`FromPcm8k`: streaming format adapters between the agent boundary (μ-law 8 kHz)
-and
+* :class:`ToUlaw8k` / :class:`FromPcm8k`: streaming format adapters between the agent boundary (μ-law 8 kHz) and
   a vendor's audio format, through :mod:`rtvoice.audio` (imported lazily: the μ-law pass-through paths need
   none).
 * :class:`Alignment`: ElevenLabs character timings for one context, so that the text the caller heard can be
@@ -155,8 +154,7 @@ def clamp_audio_end_ms(heard_ms: int, produced_ms: float) -> int:
 class Alignment:
     """Character start times of one ElevenLabs context, on the context's own audio timeline.
 
-    ElevenLabs gives each audio chunk an alignment whose times are relative to that chunk, so each chunk's
-    times
+    ElevenLabs gives each audio chunk an alignment whose times are relative to that chunk, so each chunk's times
     are shifted by the duration of the audio produced before it.
     """
 
@@ -182,8 +180,7 @@ class Alignment:
     def heard_text(self, heard_ms: float) -> str:
         """The text whose characters had started playing by ``heard_ms``, cut back to a whole word.
 
-        A word the caller heard only the start of is dropped: the bot's memory should hold what was said, and
-        a
+        A word the caller heard only the start of is dropped: the bot's memory should hold what was said, and a
         half word ("appoint") would confuse the model more than its absence.
         """
         n = 0

@@ -1,16 +1,13 @@
 """When does the caller interrupt the bot? The barge-in decision, separate from what the call then does.
 
-Inputs: the local VAD's confirmed onsets (:class:`rtvoice.vad.SpeechStart`, which already ignores blips
-shorter
+Inputs: the local VAD's confirmed onsets (:class:`rtvoice.vad.SpeechStart`, which already ignores blips shorter
 than the onset threshold) and vendor hints (OpenAI ``input_audio_buffer.speech_started``, ElevenLabs
 ``interruption``). A barge-in is only declared while bot audio is queued at Twilio, playing, or waiting in the
-pacer: speech while the bot is silent is just the caller's turn, and clearing then would wipe nothing useful
-(or,
+pacer: speech while the bot is silent is just the caller's turn, and clearing then would wipe nothing useful (or,
 with a blip, a greeting about to start: vellum-assistant#37061).
 
 The ``gate`` is the seam for echo-aware barge-in (issue 6): before a barge-in is declared the gate is asked
-whether this onset is really the caller, e.g. by correlating inbound audio with the bot audio played just
-before.
+whether this onset is really the caller, e.g. by correlating inbound audio with the bot audio played just before.
 The default gate allows everything. Vendor ``interrupt`` is not gated: the vendor has already stopped the bot.
 """
 

@@ -1,16 +1,13 @@
 """One phone call as a sans-I/O state machine: Twilio events in, Twilio messages and agent calls out.
 
 The :class:`Call` is fed parsed Media Streams events (:meth:`Call.on_start`, :meth:`Call.on_media`,
-:meth:`Call.on_mark`, :meth:`Call.on_dtmf`, :meth:`Call.on_stop`) and is the agent's :class:`AgentSink`.
-What it
+:meth:`Call.on_mark`, :meth:`Call.on_dtmf`, :meth:`Call.on_stop`) and is the agent's :class:`AgentSink`. What it
 wants sent to Twilio goes to the ``send`` callable (the session passes ``WebSocket.send_text``; tests pass
 ``list.append``); when it wants the stream closed it calls ``close(code, reason)``. No sockets, no tasks, no
-clock: the call's time is Twilio's inbound media timestamp (the end of the last inbound frame), and every
-inbound
+clock: the call's time is Twilio's inbound media timestamp (the end of the last inbound frame), and every inbound
 frame is the tick that drives pacing, hang-up and the heard-position interpolation.
 
-Per inbound frame (the hot path): decode μ-law once into a preallocated buffer, run the VAD, hand both forms
-to
+Per inbound frame (the hot path): decode μ-law once into a preallocated buffer, run the VAD, hand both forms to
 the agent, top up Twilio's queue. Per barge-in: ``clear`` to Twilio, drop the unsent bot audio, tell the agent
 what the caller heard (``Heard`` from the ledger, or None when nothing was cut off), cut the transcript.
 

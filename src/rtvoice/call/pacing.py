@@ -1,38 +1,28 @@
 """Pacing bot audio into Twilio: keep at most ``max_queued_ms`` queued at Twilio, send the rest later.
 
-Twilio buffers whatever it is sent and plays it in order, so an unpaced bridge pushes a whole answer into
-Twilio
+Twilio buffers whatever it is sent and plays it in order, so an unpaced bridge pushes a whole answer into Twilio
 at once; a barge-in then has seconds of audio to ``clear`` and the ledger can only guess where playback was.
-Holding the audio here instead keeps Twilio's queue shallow: what ``clear`` discards is small, and the
-not-yet-sent
+Holding the audio here instead keeps Twilio's queue shallow: what ``clear`` discards is small, and the not-yet-sent
 rest is dropped locally, exactly.
 
 Rules (every call to :meth:`Pacer.pump` applies them):
 
 * Queued at Twilio = sent - played, from the :class:`PlaybackLedger` (echoed marks plus real-time
 interpolation).
-* Audio goes out as soon as it arrives: the first chunk of an item is sent at once, whatever its size, so
-pacing
-  adds no latency to the first bot word. :meth:`Pacer.pump` is called on every ``bot_audio`` and on every
-  inbound
+* Audio goes out as soon as it arrives: the first chunk of an item is sent at once, whatever its size, so pacing
+  adds no latency to the first bot word. :meth:`Pacer.pump` is called on every ``bot_audio`` and on every inbound
   frame (the call's 20 ms tick), which is when the queue has drained by 20 ms.
-* Chunks are 40 ms (320 bytes) when enough audio is buffered. Why 40 ms: it halves the message count (JSON +
-base64
-  + WebSocket framing per message) compared with 20 ms while staying well inside a 200 ms queue; chunks of a
-  few ms
-  cause audible jitter at word starts (openai-agents-python#1906), and chunks of 100 ms+ make the queue
-  oscillate
+* Chunks are 40 ms (320 bytes) when enough audio is buffered. Why 40 ms: it halves the message count (JSON + base64
+  + WebSocket framing per message) compared with 20 ms while staying well inside a 200 ms queue; chunks of a few ms
+  cause audible jitter at word starts (openai-agents-python#1906), and chunks of 100 ms+ make the queue oscillate
   coarsely. The heard position's precision does not depend on chunk size (marks + interpolation do that).
-  A shorter chunk goes out only for the first audio of an item, an item's tail, or when Twilio's queue is
-  about
+  A shorter chunk goes out only for the first audio of an item, an item's tail, or when Twilio's queue is about
   to run dry (less than one chunk queued), never to fill a sliver of budget.
 * A mark follows the first chunk of each item, then every ``mark_interval_ms`` of audio, and the item's last
 chunk.
 
-Items are kept as a queue of the agent's own ``bytes`` objects sliced by memoryview: the μ-law pass-through
-path
-(OpenAI ``audio/pcmu``, ElevenLabs ``ulaw_8000``) is then copied once, by base64, on its way out. Item
-boundaries
+Items are kept as a queue of the agent's own ``bytes`` objects sliced by memoryview: the μ-law pass-through path
+(OpenAI ``audio/pcmu``, ElevenLabs ``ulaw_8000``) is then copied once, by base64, on its way out. Item boundaries
 stay exact, which the ledger needs to map a play position back to (item, offset). (The audio core's
 :class:`rtvoice.audio.PlayoutBuffer` ring would add a copy in and a copy out and still need this item
 bookkeeping next to it, so it is not used here.)

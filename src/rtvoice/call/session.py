@@ -6,10 +6,9 @@ frames, verifies the stream token, starts and closes the agent, maps errors to c
 * Upgrade: ``X-Twilio-Signature`` is checked over the ``wss://`` URL built from ``PUBLIC_BASE_URL`` (never the
   Host header) when ``RTVOICE_VALIDATE_SIGNATURES`` is on; a bad or missing one gets 403 and no handshake.
 * ``start``: the per-call stream token (a TwiML ``<Parameter>``) must verify for the start's CallSid, else
-close
-  1008. The agent prepared at webhook time is taken (or a new one made) and ``agent.start`` runs in a task;
-  the
-  caller's frames meanwhile are kept by the Call (up to 1 s) and flushed to the agent once it is ready.
+  close 1008. The agent prepared at webhook time is taken (or a new one made) and ``agent.start`` runs in a
+  task; the caller's frames meanwhile are kept by the Call (up to 1 s) and flushed to the agent once it is
+  ready.
 * Protocol violations (non-JSON, bad base64, a binary frame, media before start) close 1008 after a log line
   with the CallSid; unknown events are logged once per stream and ignored.
 * The end (``stop``, the socket closing, a replacement stream, shutdown): the agent is closed, the call record

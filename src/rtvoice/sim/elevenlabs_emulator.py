@@ -8,8 +8,7 @@ One server, the real paths (``shared/reference/vendors.md`` §B), base URL ``htt
   ``InitializeConnectionMulti``, ``InitialiseContext``, ``SendTextMulti``, ``FlushContext``, ``CloseContext``,
   ``KeepContextAlive``, ``CloseSocket``) with unknown fields rejected. Text is buffered per context following
   ``chunk_length_schedule`` (or ``flush`` / ``auto_mode``), rendered by :mod:`rtvoice.sim.voice` in
-  ``output_format`` and sent as ``{"audio", "isFinal", "alignment", "normalizedAlignment"(, "contextId")}``
-  with
+  ``output_format`` and sent as ``{"audio", "isFinal", "alignment", "normalizedAlignment"(, "contextId")}`` with
   per-chunk character timings consistent with the audio; ``{"isFinal": true(, "contextId")}`` ends a
   stream/context. The 5-context limit (``max_active_conversations``) and the inactivity timeout
   (``input_timeout_exceeded``) send ElevenLabs' ``{message, error, code}`` frame and close with 1008.
@@ -19,8 +18,7 @@ One server, the real paths (``shared/reference/vendors.md`` §B), base URL ``htt
   (dynamic variables, overrides checked against the agent's allowed overrides),
   ``conversation_initiation_metadata``, ``user_audio_chunk`` through webrtcvad -> ``user_transcript``
   (scripted), ``agent_response`` + ``audio`` events (``event_id``), ``interruption`` when the caller speaks
-  over the agent,
-  ``ping`` expecting ``pong``, optional ``vad_score``.
+  over the agent, ``ping`` expecting ``pong``, optional ``vad_score``.
 
 Alignment field names: the AsyncAPI (and vendors.md) spell the durations ``charsDurationsMs`` while the SDK's
 ``Alignment`` model reads ``charDurationsMs``; the emulator sends both by default

@@ -28,8 +28,7 @@ Example (inside a test, against a server on port 5050 whose TWILIO_AUTH_TOKEN is
     script = (CallScript()
               .say("question.wav", at_ms=500)                      # any WAV, int16 array or μ-law bytes
               .say(interruption_ulaw, after_bot_audio_ms=800)      # barge in 800 ms into the answer
-              .hangup(after_bot_silence_ms=1500))
-    call = sim.start_call(script)
+    .hangup(after_bot_silence_ms=1500)) call = sim.start_call(script)
     clear = await call.wait_clear()                                # ClearEvent(at_ms, discarded_ms, marks)
     result = await call.wait_done()
     result.heard_until(clear.at_ms)                                # what the caller had heard by then

@@ -1,9 +1,7 @@
 """Outbound calls through Twilio's REST API: ``python -m rtvoice call +1555…``, ``POST /calls``, and hang-up.
 
-Twilio places the call and, when it is answered, requests rtvoice's own voice webhook (``/incoming-call``)
-with
-``Direction=outbound-api``; from there the call is like any inbound one (TwiML, Media Stream, agent). The
-choice
+Twilio places the call and, when it is answered, requests rtvoice's own voice webhook (``/incoming-call``) with
+``Direction=outbound-api``; from there the call is like any inbound one (TwiML, Media Stream, agent). The choice
 of profile / agent / prompt for that call travels in the webhook URL's query string (``?profile=…&agent=…``),
 which Twilio sends back verbatim and signs, so any worker can serve the call without shared state.
 

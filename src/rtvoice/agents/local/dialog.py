@@ -1,8 +1,7 @@
 """The local agent's brain: a rule-based dialog engine driven by a scenario file. Sans-I/O, no audio.
 
 A scenario (TOML) lists intents (example phrases and keywords), the slots an intent needs (a name, a time,
-a party size, a date), the prompts that ask for a missing slot, a confirmation, and replies with
-``{placeholders}``.
+a party size, a date), the prompts that ask for a missing slot, a confirmation, and replies with ``{placeholders}``.
 :class:`DialogEngine` is fed what the caller said (text) and returns the :class:`Reply` to speak; it keeps the
 conversation history, and :meth:`DialogEngine.heard` cuts the last bot turn down to what the caller heard when
 they barged in (an unheard question is not treated as asked).

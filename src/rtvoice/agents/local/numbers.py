@@ -1,8 +1,7 @@
 """Numbers, times and party sizes in what callers say (or what a recogniser wrote down).
 
 Callers say "seven thirty", a recogniser may write "730" or "7:30", a typed test says "half past seven": all
-of them are :class:`ClockTime(7, 30)`. "a party of four", "for 4 people" and "four of us" are a party size
-of 4.
+of them are :class:`ClockTime(7, 30)`. "a party of four", "for 4 people" and "four of us" are a party size of 4.
 Pure functions on text, no I/O.
 """
 

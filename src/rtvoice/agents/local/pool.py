@@ -1,8 +1,7 @@
 """The worker processes that recognise and synthesise speech for every local call in this process.
 
 Recognition (~0.05 x real time) and synthesis are CPU work: on the event loop they would delay every other
-call's 20 ms frames, so they run in one :class:`~concurrent.futures.ProcessPoolExecutor` sized to the cores
-and
+call's 20 ms frames, so they run in one :class:`~concurrent.futures.ProcessPoolExecutor` sized to the cores and
 shared by all calls. Workers are started with ``spawn`` (forking a process that runs an event loop and threads
 is unsafe) and load the models once, in their initializer: the pocketsphinx decoder for the scenario's domain
 model and the espeak-ng engine. A call for another scenario loads its decoder lazily in each worker.

@@ -1,14 +1,11 @@
 """Offline speech synthesis with espeak-ng, driven in-process through ctypes.
 
 espeak-ng comes from the ``espeakng-loader`` wheel (the shared library and its data, no system package,
-nothing downloaded). It is GPL-3: this module is imported only by :mod:`rtvoice.agents.local` and the
-fixture script,
+nothing downloaded). It is GPL-3: this module is imported only by :mod:`rtvoice.agents.local` and the fixture script,
 never by the core, and the dependency lives in the optional ``local`` extra.
 
-espeak-ng keeps global state, so one process holds one engine; :func:`synthesize` serialises calls with a
-lock.
-The local agent runs it in its worker processes (see :mod:`rtvoice.agents.local.pool`), never on the event
-loop.
+espeak-ng keeps global state, so one process holds one engine; :func:`synthesize` serialises calls with a lock.
+The local agent runs it in its worker processes (see :mod:`rtvoice.agents.local.pool`), never on the event loop.
 Output is 22050 Hz int16, converted here to what a phone call carries: μ-law at 8 kHz.
 """
 
