@@ -1,7 +1,7 @@
 """Audio-core benchmarks (pytest-benchmark) and the per-frame budgets of the "Compiled audio core" issue.
 
 The budget test measures every case interleaved with its references in the same run and keeps each case's
-minimum over many rounds (``rtvoice.benchmarks.run_dsp``), so the ratios hold on a busy shared machine;
+minimum over many rounds (``rtvoice.bench.dsp.run_dsp``), so the ratios hold on a busy shared machine;
 absolute ceilings are generous. The pytest-benchmark tests below time the same batch functions (250
 distinct speech-like 20 ms frames per call) for the detailed statistics table.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from rtvoice import _dsp
-from rtvoice.benchmarks import dsp_cases, format_table, run_dsp
+from rtvoice.bench.dsp import dsp_cases, format_table, run_dsp
 
 FRAMES = 250
 CASES, PER_BATCH = dsp_cases(FRAMES)

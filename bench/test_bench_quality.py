@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rtvoice import bench_quality as bq
+from rtvoice.bench import quality as bq
 
 
 def test_quality_targets_on_the_reduced_matrix(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from rtvoice import benchmarks
+from rtvoice.bench import dsp as benchmarks
 from rtvoice.cli import main
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rtvoice.audio import ulaw_decode
-from rtvoice.bench_quality import Scenario, run_scenario
+from rtvoice.bench.quality import Scenario, run_scenario
 from rtvoice.call.ledger import PlaybackLedger
 from rtvoice.config import ConfigError, Settings
 from rtvoice.echo import (

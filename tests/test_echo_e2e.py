@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from rtvoice.agents.base import Agent
-from rtvoice.bench_quality import bot_answer, speech_onset_ms
+from rtvoice.bench.quality import bot_answer, speech_onset_ms
 from rtvoice.call.registry import CallRegistry
 from rtvoice.config import Settings
 from rtvoice.routes import build_app
@@ -81,7 +81,7 @@ async def test_plain_vad_interrupts_itself_and_echo_aware_gate_does_not() -> Non
 
 
 async def test_echo_aware_gate_hears_the_caller_over_the_echo() -> None:
-    from rtvoice.bench_quality import _fixture
+    from rtvoice.bench.quality import _fixture
 
     caller = _fixture("manager")
     async with running("echo-aware") as rig:

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("rtvoice.sim.simulate", "place a simulated Twilio call against a running rtvoice"),
     "emulate": ("rtvoice.sim.emulate", "run a local emulator of the OpenAI Realtime or ElevenLabs APIs"),
     "demo": ("rtvoice.demo", "run an offline end-to-end demo call with the local agent"),
-    "bench": ("rtvoice.benchmarks", "run the benchmark suites and print their tables"),
+    "bench": ("rtvoice.bench.cli", "run the benchmark suites and print their tables"),
     "call": ("rtvoice.twilio.outbound", "place an outbound call through Twilio's REST API"),
     "calls": ("rtvoice.records_cli", "list, show and export call records and usage"),
 }

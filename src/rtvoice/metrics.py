@@ -98,7 +98,7 @@ class FrameStats:
         self._since_flush = 0
         #: Frames received since start (never reset; for stats and tests).
         self.frames_in = 0
-        #: Optional hook given every processing time in ns (``rtvoice.loadprobe`` keeps a fine histogram).
+        #: Optional hook given every processing time in ns (``rtvoice.server.loadprobe`` keeps a fine histogram).
         self.tap: Callable[[int], None] | None = None
 
     def frame(self, processing_ns: int, frames_out: int = 0) -> None:

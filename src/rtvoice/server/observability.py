@@ -43,8 +43,8 @@ def register(app: App, settings: Settings, registry: Any) -> None:
 
     app.route("GET", "/healthz", healthz)
     app.route("GET", "/metrics", metrics_endpoint)
-    if os.environ.get("RTVOICE_LOAD_PROBE"):  # the load benchmark's latency probe (rtvoice.loadprobe)
-        from rtvoice import loadprobe
+    if os.environ.get("RTVOICE_LOAD_PROBE"):  # the load benchmark's latency probe (rtvoice.server.loadprobe)
+        from rtvoice.server import loadprobe
 
         if loadprobe.enabled():
             loadprobe.register(app)

@@ -21,7 +21,7 @@ millisecond), as real Twilio streams are, so the server sees a steady rate, not 
 fixture utterance and silence from a random offset, so VAD, barge-in and replies all run.
 
 Per step of the ramp (N calls) the driver connects the calls, lets them settle, then over a measurement
-window reads: the server's latency probe (:mod:`rtvoice.loadprobe`: event-loop wait + per-frame processing),
+window reads: the server's latency probe (:mod:`rtvoice.server.loadprobe`: event-loop wait + per-frame processing),
 the server's CPU time and RSS from ``/proc``, the generator's own lateness, and afterwards the server's frame
 counters: every frame the generators sent must have been received (``rtvoice_frames_in_total``), and
 ``rtvoice_frames_dropped_total`` / ``rtvoice_frames_late_total`` must not move. A step passes when the p99 of
@@ -412,7 +412,7 @@ def _emit(obj: dict[str, Any]) -> None:
 
 
 def _gen_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m rtvoice.bench_load gen")
+    p = argparse.ArgumentParser(prog="python -m rtvoice.bench.load gen")
     p.add_argument("--url", required=True)
     p.add_argument("--calls", type=int, required=True)
     args = p.parse_args(argv)
@@ -602,7 +602,7 @@ def _wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 def _latency(snapshot: dict[str, Any]) -> tuple[float, float, float, float, float]:
-    from rtvoice import loadprobe as lp
+    from rtvoice.server import loadprobe as lp
 
     lag = {int(k): v for k, v in snapshot["loop_lag"]["buckets"].items()}
     proc = {int(k): v for k, v in snapshot["frame"]["buckets"].items()}
@@ -694,7 +694,7 @@ class Scenario:
         before = _counters(self.base)
         gens = [
             _Proc(
-                [sys.executable, "-m", "rtvoice.bench_load", "gen", "--url", self.base, "--calls", str(n)],
+                [sys.executable, "-m", "rtvoice.bench.load", "gen", "--url", self.base, "--calls", str(n)],
                 dict(os.environ),
                 args.other_core,
                 pipe=True,
@@ -1069,6 +1069,6 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "gen":
         sys.exit(_gen_main(sys.argv[2:]))
-    parser = argparse.ArgumentParser(prog="python -m rtvoice.bench_load")
+    parser = argparse.ArgumentParser(prog="python -m rtvoice.bench.load")
     configure(parser)
     sys.exit(run(parser.parse_args()))

@@ -393,7 +393,8 @@ def format_table(rows: Sequence[Row]) -> str:
 # ---- CLI --------------------------------------------------------------------------------
 
 
-def _run_dsp_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run the dsp suite and print its table; exit code 1 when a budget failed."""
     from rtvoice import _dsp
 
     rows = run_dsp(n_frames=args.frames, rounds=args.rounds, attempts=args.attempts)
@@ -416,7 +417,8 @@ def _run_dsp_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _configure_dsp(p: argparse.ArgumentParser) -> None:
+def configure(p: argparse.ArgumentParser) -> None:
+    """Options of ``python -m rtvoice bench dsp``."""
     p.add_argument("--frames", type=int, default=250, help="distinct 20 ms frames per batch (default 250)")
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds; each case keeps its minimum")
     p.add_argument(
@@ -425,59 +427,7 @@ def _configure_dsp(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
-def _configure_load(p: argparse.ArgumentParser) -> None:
-    from rtvoice import bench_load
-
-    bench_load.configure(p)
-
-
-def _run_load_command(args: argparse.Namespace) -> int:
-    from rtvoice import bench_load
-
-    return bench_load.run(args)
-
-
-def _configure_quality(p: argparse.ArgumentParser) -> None:
-    from rtvoice import bench_quality
-
-    bench_quality.configure(p)
-
-
-def _run_quality_command(args: argparse.Namespace) -> int:
-    from rtvoice import bench_quality
-
-    return bench_quality.run(args)
-
-
-#: suite name -> (configure(parser), run(args) -> exit code, help). Later issues add "load" and "quality".
-SUITES: dict[
-    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
-] = {
-    "dsp": (_configure_dsp, _run_dsp_command, "per-frame audio core against audioop/numpy/soxr (default)"),
-    "quality": (_configure_quality, _run_quality_command, "barge-in under echo: vad/ignore-3s/echo-aware"),
-    "load": (_configure_load, _run_load_command, "calls per core: simulated calls against one server core"),
-}
-
-DEFAULT_SUITE = "dsp"
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the ``bench`` subcommands (``dsp`` is the default)."""
-    sub = parser.add_subparsers(dest="suite", metavar="SUITE")
-    for name, (configure_suite, _, help_text) in SUITES.items():
-        configure_suite(sub.add_parser(name, help=help_text, description=help_text))
-    # `python -m rtvoice bench [--rounds N ...]` with no suite runs the default suite with its options
-    SUITES[DEFAULT_SUITE][0](parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the chosen suite; exit code 1 when a budget failed."""
-    suite = getattr(args, "suite", None) or DEFAULT_SUITE
-    _, run_suite, _ = SUITES[suite]
-    return run_suite(args)
-
-
 if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="python -m rtvoice.benchmarks")
+    parser = argparse.ArgumentParser(prog="python -m rtvoice.bench.dsp")
     configure(parser)
     sys.exit(run(parser.parse_args()))

@@ -515,6 +515,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="python -m rtvoice.bench_quality")
+    parser = argparse.ArgumentParser(prog="python -m rtvoice.bench.quality")
     configure(parser)
     sys.exit(run(parser.parse_args()))
