@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+from binascii import b2a_base64
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from websockets.protocol import State as _WsState
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.vendor_common import FromPcm8k, ToUlaw8k, Usage, b64decode, clamp_audio_end_ms
+from rtvoice.server.clientframes import text_frame
 
 if TYPE_CHECKING:
     from rtvoice.config import Settings
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 _WS_OPEN = _WsState.OPEN
 APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
 APPEND_SUFFIX = '"}'
+_APPEND_PREFIX_B = APPEND_PREFIX.encode()
+_APPEND_SUFFIX_B = APPEND_SUFFIX.encode()
 
 #: ``error`` codes that are expected and harmless (e.g. our cancel raced the server's own VAD cancel).
 HARMLESS_ERROR_CODES = frozenset({"response_cancel_not_active"})
@@ -642,12 +646,13 @@ class RealtimeLink:
         audio = self._audio
         audio += data
         if len(audio) >= self._batch_bytes:
-            if self.connected and not self.core.outbox and self._ws is not None:
-                # the append leaves now, in this call, when nothing is queued before it (see _send_now)
-                msg = APPEND_PREFIX + base64.b64encode(audio).decode("ascii") + APPEND_SUFFIX
-                if self._send_now(msg):
-                    audio.clear()
-                    return
+            # the append leaves now, in this call, when nothing is queued before it (see _send_now)
+            if (
+                self.connected and not self.core.outbox and self._ws is not None
+                and self._send_now_bytes(_APPEND_PREFIX_B + b2a_base64(audio, newline=False) + _APPEND_SUFFIX_B)
+            ):
+                audio.clear()
+                return
             self._wake.set()
 
     def _bind_fast_send(self) -> None:
@@ -674,18 +679,28 @@ class RealtimeLink:
         (~15 % of the event loop under load). Returns False, having sent nothing, whenever anything is not
         plain: then the caller goes through ``send_raw``, which handles reconnects, backpressure and closing.
         """
+        return self._send_now_bytes(msg.encode())
+
+    def _send_now_bytes(self, payload: bytes) -> bool:
+        """:meth:`_send_now` for an already UTF-8 payload. The frame is built by
+        :func:`rtvoice.server.clientframes.text_frame` (the bytes websockets' ``Frame.serialize`` makes, with
+        the masking key from a pool drawn from ``os.urandom`` in 4 KiB blocks instead of one ``getrandom``
+        syscall per frame) and written straight to the transport; the library's own pending writes (a pong)
+        leave first. Only without extensions (none are negotiated: ``compression=None``)."""
         conn = self._conn
         if self._ws is None or conn is None:
             return False
         ws = conn._connection  # looked up each time: the SDK replaces it when it reconnects
+        proto = ws.protocol
         if (
             conn._intentionally_closed or conn._is_reconnecting or conn._send_queue
-            or ws.protocol.state is not _WS_OPEN or ws.send_in_progress is not None or ws.paused
-            or ws.transport.is_closing()
+            or proto.state is not _WS_OPEN or proto.extensions or proto.expect_continuation_frame
+            or ws.send_in_progress is not None or ws.paused or ws.transport.is_closing()
         ):
             return False
-        ws.protocol.send_text(msg.encode())
-        ws.send_data()
+        if proto.writes:
+            ws.send_data()
+        ws.transport.write(text_frame(payload))
         self.fast_sent += 1
         return True
 
