@@ -75,6 +75,26 @@ def test_detects_the_caller_over_the_echo() -> None:
     assert not any(f & NEAR_END for f in flags[10:150])
 
 
+def test_caller_over_the_start_of_a_bot_turn_on_a_line_without_echo_is_heard_at_once() -> None:
+    # The caller talks 400 ms into the bot's answer on a line with no echo at all (a handset): nothing has
+    # converged, and the detector must not take the caller for echo. The microphone stayed quiet while the
+    # bot played, which refutes every echo delay (lag) already covered by loud bot audio. (Before the per-lag
+    # bound it assumed 0 dB echo return loss, learned its gain from the caller's own voice and, in
+    # tests/test_call_call.py, muted a caller as loud as the bot until the bot stopped.)
+    _, flags, _ = run_line(LineConfig(seed=3), caller_at=20, frames=20 + len(CALLER) // 160)
+    assert not any(f & NEAR_END for f in flags[3:20])  # bot audio alone: nothing to hear
+    assert flags[20] & NEAR_END  # the caller's first (soft) frame
+    assert flags[26] & NEAR_END and flags[27] & NEAR_END  # and the loud part of "yes"
+
+
+def test_per_lag_bounds_keep_the_echo_path_and_refute_the_others() -> None:
+    ec, _, _ = run_line(LineConfig(echo_delay_ms=120, erl_db=6.0, seed=5), frames=150)
+    bounds = ec._core.bounds_copy()  # 2 ms lag steps
+    near = max(bounds[120 // 2 - 2 : 120 // 2 + 3])
+    assert near >= 10 ** (-6.0 / 10) * 0.5  # the echo path's own lag keeps about its gain
+    assert max(bounds[: 120 // 2 - 10]) < near / 10  # shorter delays: the quiet microphone refuted them
+
+
 def test_output_is_echo_reduced_and_silent_frames_pass() -> None:
     ec = EchoCanceller()
     out = bytearray(320)

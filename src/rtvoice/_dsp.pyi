@@ -139,9 +139,15 @@ class EchoCancellerCore:
     pass_hang: int
     pass_ratio: float
     veto_ratio: float
+    ub_ratio: float
+    ub_fall: float
+    ub_rise: float
+    ub_spread: int
+    last_pub: float
     def __init__(
         self, taps: int = 48, max_delay_ms: int = 350, mu: float = 0.4, dt_threshold_db: float = 6.0
     ) -> None: ...
+    def bounds_copy(self) -> list[float]: ...
     def reset(self) -> None: ...
     @property
     def delay_ms(self) -> float: ...

@@ -1148,6 +1148,9 @@ cdef class EchoCancellerCore:
     cdef double *corr     # exponentially weighted envelope cross-correlation per lag (blocks)
     cdef float *eref      # per-frame reference energy ring (frames that can still echo)
     cdef float *e1        # pass-1 residual of the current frame
+    cdef float *bener     # reference energy per 2 ms block (nlag + _EC_BPF blocks, like renv)
+    cdef float *wwin      # reference energy of the 20 ms window at each lag (blocks) for the current frame
+    cdef float *ub        # per-lag upper bound of the echo gain (see _ub_pred)
     cdef int nref, ref_i
     cdef readonly int taps, max_delay, nlag, delay, pre
     cdef readonly float mu
@@ -1161,6 +1164,11 @@ cdef class EchoCancellerCore:
     #: above the background a frame must be to count as the caller
     cdef public double ncc_ratio, rise, bg_ratio, veto_ratio, bg_cap_ratio, rise_cap
     cdef public int pass_hang
+    #: per-lag echo-gain bound: a microphone ub_ratio above the most pessimistic echo any lag still allows is
+    #: the caller (before the filter converges); how fast a bound falls on evidence and rises again per frame
+    cdef public double ub_ratio, ub_fall, ub_rise
+    cdef public int ub_spread
+    cdef readonly double last_pub
     cdef public double pass_ratio
     cdef readonly int n_al, frames, dt_frames, locked, last_flags, since_dt, ref_frames
     cdef readonly double conf
@@ -1191,6 +1199,10 @@ cdef class EchoCancellerCore:
         self.rise_cap = 0.3
         self.pass_hang = 0
         self.pass_ratio = 1.25
+        self.ub_ratio = 8.0
+        self.ub_fall = 0.9
+        self.ub_rise = 1.02
+        self.ub_spread = 5
         self.lam = 0.985
         self.xbuf = <float *>PyMem_Malloc(self.xlen * sizeof(float))
         self.h = <float *>PyMem_Malloc(taps * sizeof(float))
@@ -1198,8 +1210,12 @@ cdef class EchoCancellerCore:
         self.corr = <double *>PyMem_Malloc(self.nlag * sizeof(double))
         self.eref = <float *>PyMem_Malloc(self.nref * sizeof(float))
         self.e1 = <float *>PyMem_Malloc(_EC_FRAME * sizeof(float))
+        self.bener = <float *>PyMem_Malloc((self.nlag + _EC_BPF) * sizeof(float))
+        self.wwin = <float *>PyMem_Malloc((self.nlag + 1) * sizeof(float))
+        self.ub = <float *>PyMem_Malloc(self.nlag * sizeof(float))
         if (self.xbuf == NULL or self.h == NULL or self.renv == NULL or self.corr == NULL
-                or self.eref == NULL or self.e1 == NULL):
+                or self.eref == NULL or self.e1 == NULL or self.bener == NULL or self.wwin == NULL
+                or self.ub == NULL):
             raise MemoryError()
         self.reset()
 
@@ -1210,14 +1226,23 @@ cdef class EchoCancellerCore:
         PyMem_Free(self.corr)
         PyMem_Free(self.eref)
         PyMem_Free(self.e1)
+        PyMem_Free(self.bener)
+        PyMem_Free(self.wwin)
+        PyMem_Free(self.ub)
 
     def reset(self):
         """Forget everything learned (a new call)."""
+        cdef int k
         _ec_memset(self.xbuf, 0, self.xlen * sizeof(float))
         _ec_memset(self.h, 0, self.taps * sizeof(float))
         _ec_memset(self.renv, 0, (self.nlag + _EC_BPF) * sizeof(float))
         _ec_memset(self.corr, 0, self.nlag * sizeof(double))
         _ec_memset(self.eref, 0, self.nref * sizeof(float))
+        _ec_memset(self.bener, 0, (self.nlag + _EC_BPF) * sizeof(float))
+        _ec_memset(self.wwin, 0, (self.nlag + 1) * sizeof(float))
+        for k in range(self.nlag):
+            self.ub[k] = 1.0  # no evidence yet: the worst echo path the spec allows (0 dB ERL)
+        self.last_pub = 0.0
         self.ref_i = 0
         self.delay = 0
         self.locked = 0
@@ -1253,6 +1278,10 @@ cdef class EchoCancellerCore:
             return 0.0
         return 10.0 * log10(self.s_ed / self.s_ee)
 
+    def bounds_copy(self):
+        """The per-lag echo-gain bounds (2 ms lag steps; a new list; for tests and plots)."""
+        return [self.ub[k] for k in range(self.nlag)]
+
     def taps_copy(self):
         """The adaptive filter's taps in delay order (a new list; for tests and plots)."""
         return [self.h[self.taps - 1 - k] for k in range(self.taps)]
@@ -1270,7 +1299,7 @@ cdef class EchoCancellerCore:
             _ec_release(&rv)
 
     cdef void _skip(self, const int16_t *r) noexcept nogil:
-        cdef int i, n = _EC_FRAME, NR = self.nlag + _EC_BPF
+        cdef int i, j, n = _EC_FRAME, NR = self.nlag + _EC_BPF
         cdef float v, xe = 0.0
         _ec_memmove(self.xbuf, self.xbuf + n, (self.xlen - n) * sizeof(float))
         for i in range(n):
@@ -1281,8 +1310,13 @@ cdef class EchoCancellerCore:
         self.ref_i = (self.ref_i + 1) % self.nref
         # no envelope for the lost mic frame: the reference envelope still advances, mic side is neutral
         _ec_memmove(self.renv, self.renv + _EC_BPF, (NR - _EC_BPF) * sizeof(float))
+        _ec_memmove(self.bener, self.bener + _EC_BPF, (NR - _EC_BPF) * sizeof(float))
         for i in range(_EC_BPF):
             self.renv[NR - _EC_BPF + i] = 0.0
+            xe = 0.0
+            for j in range(i * _EC_BLOCK, (i + 1) * _EC_BLOCK):
+                xe += r[j] * <float>r[j]
+            self.bener[NR - _EC_BPF + i] = xe
 
     def process(self, mic, ref, out):
         """Cancel one frame; returns the ``EC_*`` flag bits."""
@@ -1313,9 +1347,12 @@ cdef class EchoCancellerCore:
         cdef float *x = self.xbuf
         cdef float *h = self.h
         cdef float *e1 = self.e1
-        cdef float acc, v, m, xs, g, norm, reg = L * 900.0, blk_r, blk_m
+        cdef float acc, v, m, xs, g, norm, reg = L * 900.0, blk_r, blk_m, blk_e
         cdef double ed = 0.0, ee = 0.0, ey = 0.0, ex = 0.0, xe = 0.0, xmax, s, p, rr, pred, scale, bgn
-        cdef int nearend, ref_active, above, flags = 0
+        cdef int nearend, ref_active, above, flags = 0, converged, k, k0, k1
+        cdef double w, pub, um, lo
+        cdef float *wwin = self.wwin
+        cdef float *ub = self.ub
         cdef int NR = self.nlag + _EC_BPF
 
         # 1. shift the reference history by one frame and append the new reference frame
@@ -1337,12 +1374,16 @@ cdef class EchoCancellerCore:
 
         # 2. bulk delay: cross-correlate 2 ms envelopes of mic and reference over 0..max_delay
         _ec_memmove(self.renv, self.renv + _EC_BPF, (NR - _EC_BPF) * sizeof(float))
+        _ec_memmove(self.bener, self.bener + _EC_BPF, (NR - _EC_BPF) * sizeof(float))
         for b in range(_EC_BPF):
             blk_r = 0.0
             blk_m = 0.0
+            blk_e = 0.0
             for i in range(b * _EC_BLOCK, (b + 1) * _EC_BLOCK):
                 blk_r += fabsf(x[self.xlen - n + i])
+                blk_e += x[self.xlen - n + i] * x[self.xlen - n + i]
                 blk_m += fabsf(<float>d[i])
+            self.bener[NR - _EC_BPF + b] = blk_e
             blk_r = sqrtf(blk_r / _EC_BLOCK)
             blk_m = sqrtf(blk_m / _EC_BLOCK)
             self.rmean += 0.02 * (blk_r - self.rmean)
@@ -1449,6 +1490,15 @@ cdef class EchoCancellerCore:
         # louder than the background by bg_ratio: babble seldom is, a caller barging in is (reported apart from
         # the near-end decision, which is 1 whenever no echo is possible)
         above = self.bg <= 0.0 or ee > self.bg_ratio * bgn
+        # reference energy of the 20 ms window at each lag (2 ms steps), for the per-lag echo-gain bound
+        w = 0.0
+        for b in range(NR - _EC_BPF, NR):
+            w += self.bener[b]
+        for lag in range(self.nlag):
+            wwin[lag] = <float>(w if w > 0.0 else 0.0)
+            w += self.bener[NR - _EC_BPF - lag - 1] - self.bener[NR - lag - 1]
+        converged = (self.locked and self.n_al >= 25 and self.s_ee > 0.0 and self.s_ed > 3.0 * self.s_ee)
+        pub = 0.0
         if not ref_active:
             nearend = 1
         else:
@@ -1458,6 +1508,31 @@ cdef class EchoCancellerCore:
                 pred = self.g_max * xmax
             # (plus an absolute floor, rms 50 = -56 dBFS: a frame that quiet is never the caller barging in)
             nearend = ee > self.dt_ratio * pred + 3.0 * self.noise + n * 2500.0
+            # Not "no echo" vs "not converged yet": until the filter has converged, the residual test assumes
+            # the pessimistic gain g_max, learned from whatever the microphone held (a caller talking over the
+            # start of a bot turn on a line with no echo at all taught it 0 dB and was muted until the bot
+            # stopped). Each echo delay (lag) is also a hypothesis the microphone can refute: a quiet microphone
+            # while the reference at that lag was loud bounds the echo gain at that lag (ub). The most
+            # pessimistic echo any lag still allows (the bound times the reference window's energy, spread
+            # +-ub_spread blocks for a reference timeline that jitters) is an upper bound of the echo in this
+            # frame; a microphone ub_ratio (9 dB) above it is the caller.
+            if not nearend and not converged and ed > 3.0 * self.noise + n * 2500.0:
+                for lag in range(self.nlag):
+                    if wwin[lag] <= 0.0:
+                        continue
+                    k0 = lag - self.ub_spread
+                    k1 = lag + self.ub_spread + 1
+                    if k0 < 0:
+                        k0 = 0
+                    if k1 > self.nlag:
+                        k1 = self.nlag
+                    um = 0.0
+                    for k in range(k0, k1):
+                        if ub[k] > um:
+                            um = ub[k]
+                    if um * wwin[lag] > pub:
+                        pub = um * wwin[lag]
+                nearend = ed > self.ub_ratio * pub + 3.0 * self.noise + n * 2500.0
             # A converged filter predicts the echo of this very frame (ey): the microphone holding clearly more
             # than that echo plus the noise is the caller too, even when the residual test above is blunted by
             # a noisy line (normalised cross-correlation detector, in energy form)
@@ -1517,6 +1592,20 @@ cdef class EchoCancellerCore:
                 self.g_max = 4.0
             if self.g_al > 4.0:
                 self.g_al = 4.0
+            # the per-lag bounds: fall on a microphone quieter than the bound predicts (what refutes that lag),
+            # rise (ub_rise per frame at most, a slowly changing path) only on frames that are not the caller
+            for lag in range(self.nlag):
+                lo = wwin[lag] if lag + 1 == self.nlag or wwin[lag] < wwin[lag + 1] else wwin[lag + 1]
+                if lo > n * 90000.0:
+                    p = ed / lo
+                    if p < ub[lag]:
+                        ub[lag] += <float>(self.ub_fall * (p - ub[lag]))
+                    elif not nearend:
+                        um = ub[lag] * self.ub_rise
+                        ub[lag] = <float>(p if p < um else um)
+                        if ub[lag] > 4.0:
+                            ub[lag] = 4.0
+        self.last_pub = pub
         # background level: mean residual energy of the frames that are not the caller (time constant ~1 s),
         # learned before the bot speaks too. Frames far above it (an unconverged echo, a caller the detector
         # missed) move it only slowly, and never while no echo is possible (that is the caller's own turn).
