@@ -1199,7 +1199,7 @@ cdef class EchoCancellerCore:
         self.rise_cap = 0.3
         self.pass_hang = 0
         self.pass_ratio = 1.25
-        self.ub_ratio = 8.0
+        self.ub_ratio = 4.0
         self.ub_fall = 0.9
         self.ub_rise = 1.02
         self.ub_spread = 5
@@ -1515,7 +1515,7 @@ cdef class EchoCancellerCore:
             # while the reference at that lag was loud bounds the echo gain at that lag (ub). The most
             # pessimistic echo any lag still allows (the bound times the reference window's energy, spread
             # +-ub_spread blocks for a reference timeline that jitters) is an upper bound of the echo in this
-            # frame; a microphone ub_ratio (9 dB) above it is the caller.
+            # frame; a microphone ub_ratio (6 dB, the residual test's own margin) above it is the caller.
             if not nearend and not converged and ed > 3.0 * self.noise + n * 2500.0:
                 for lag in range(self.nlag):
                     if wwin[lag] <= 0.0:

@@ -11,7 +11,7 @@ when it played, so it can subtract the echo:
   frame in the delay window before the delay is known, assuming 0 dB echo return loss until it has learned
   better). Until the filter has converged, each echo delay is also a hypothesis the microphone can refute:
   a quiet microphone while the reference at that lag was loud bounds the echo gain at that lag, and a
-  microphone 9 dB above the most pessimistic echo any lag still allows is the caller (so a caller talking
+  microphone 6 dB above the most pessimistic echo any lag still allows is the caller (so a caller talking
   over the start of a bot turn on a line with no echo is not taken for unconverged echo). A frame is the
   caller only if it is also 9 dB above the line's background (the mean residual of
   recent non-caller frames, capped at ~8 dB above the noise floor so that the residue of a filter still
