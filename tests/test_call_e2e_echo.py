@@ -81,8 +81,9 @@ async def test_caller_hears_its_own_words_back(rig: Rig) -> None:
     said_start = result.said[0][0]
     first = result.first_bot_audio_ms
     assert first is not None
-    # The echo starts echo_delay_ms after the caller's first word (pacing adds nothing).
-    assert abs(first - (said_start + 300)) <= 40, (first, said_start)
+    # The echo starts echo_delay_ms after the caller's first word (pacing adds nothing). Three frames of slack:
+    # stream time runs 5x wall time here, so 12 ms of scheduling jitter on a busy machine is 60 stream ms.
+    assert abs(first - (said_start + 300)) <= 60, (first, said_start)
     # Every 20 ms of the caller's words comes back, unchanged and in order. (Stream time runs 5x faster than
     # wall time here, so a few ms of scheduling jitter on this shared machine can open sub-frame gaps; the
     # audio itself must be intact.)
