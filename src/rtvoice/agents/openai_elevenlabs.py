@@ -301,11 +301,6 @@ class OpenAIElevenLabsAgent(Agent):
         self.tools = ToolRunner(settings, self.core, self.link.kick)
         self.tts = TtsCore(settings)
         self.tts.fault = self.core.fault
-        self._in = None
-        if not self.core.pcmu:
-            from rtvoice.agents.vendor_common import FromPcm8k
-
-            self._in = FromPcm8k(24000)
         self._ws: Any = None
         self._tts_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -441,10 +436,7 @@ class OpenAIElevenLabsAgent(Agent):
 
     # --- agent interface ------------------------------------------------------------------------------------
     def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
-        if self._in is None:
-            self.link.push_audio(ulaw)
-        else:
-            self.link.push_audio(self._in.convert(pcm))
+        self.link.send_caller_audio(ulaw, pcm)
 
     def barge_in(self, heard: Heard | None) -> None:
         """Cancel OpenAI's response, close the interrupted TTS contexts, keep only the heard text."""

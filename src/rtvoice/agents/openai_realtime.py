@@ -590,6 +590,8 @@ class RealtimeLink:
         #: Messages sent by :meth:`_send_now` (the rest went through the SDK's ``send_raw``).
         self.fast_sent = 0
         self._audio = bytearray()
+        #: 8 kHz PCM -> 24 kHz PCM for an ``audio/pcm`` session; None passes Twilio's μ-law through untouched.
+        self._to_session = None if core.pcmu else FromPcm8k(24000)
         frame_bytes = 160 if core.pcmu else 960
         self._batch_bytes = frame_bytes * max(1, append_frames)
         self._wake = asyncio.Event()
@@ -640,6 +642,11 @@ class RealtimeLink:
             self._tasks.sender = asyncio.create_task(self._sender(), name="openai-send")
             self._tasks.watchdog = asyncio.create_task(self._watchdog(), name="openai-watchdog")
         self._wake.set()
+
+    def send_caller_audio(self, ulaw: bytes, pcm: memoryview) -> None:
+        """Hot path: one inbound frame, in the session's input format (μ-law as is, or resampled PCM)."""
+        conv = self._to_session
+        self.push_audio(ulaw if conv is None else conv.convert(pcm))
 
     def push_audio(self, data: Any) -> None:
         """Hot path: queue one frame of audio in the session format (any buffer)."""
@@ -904,7 +911,6 @@ class OpenAIRealtimeAgent(Agent):
         self.core = RealtimeCore(settings)
         self.link = RealtimeLink(settings, self.core, append_frames=append_frames)
         self.tools = ToolRunner(settings, self.core, self.link.kick)
-        self._in = None if self.core.pcmu else FromPcm8k(24000)
         self._started = False
 
     @property
@@ -925,10 +931,7 @@ class OpenAIRealtimeAgent(Agent):
         self.link.kick()
 
     def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
-        if self._in is None:
-            self.link.push_audio(ulaw)
-        else:
-            self.link.push_audio(self._in.convert(pcm))
+        self.link.send_caller_audio(ulaw, pcm)
 
     def barge_in(self, heard: Heard | None) -> None:
         self.core.barge_in(heard)
