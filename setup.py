@@ -1,4 +1,5 @@
-"""Build the compiled audio core ``rtvoice._dsp``.
+"""Build the compiled extensions: the audio core ``rtvoice._dsp`` and the media kernel
+``rtvoice.twilio._fastmedia``.
 
 The default build is portable (``-O3`` without ``-march=native``) so that wheels run on any x86-64/arm64 host.
 Set ``RTVOICE_NATIVE=1`` to build for the host CPU only (a tuned host that builds from source).
@@ -26,7 +27,13 @@ extensions = [
         include_dirs=[numpy.get_include()],
         extra_compile_args=compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    )
+    ),
+    # the per-frame Twilio media kernel (parse + base64 + μ-law in one call); no numpy
+    Extension(
+        "rtvoice.twilio._fastmedia",
+        ["src/rtvoice/twilio/_fastmedia.pyx"],
+        extra_compile_args=compile_args,
+    ),
 ]
 
 setup(
