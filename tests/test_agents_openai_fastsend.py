@@ -4,6 +4,7 @@ fast path is really taken for the audio appends."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any
 
@@ -57,3 +58,118 @@ async def test_fast_send_delivers_what_send_raw_does(audio_format: str, monkeypa
     others = lambda evs: [e for e in evs if e["type"] != "input_audio_buffer.append"]  # noqa: E731
     assert audio(fast_events) == audio(slow_events)
     assert others(fast_events) == others(slow_events)
+
+
+# --- the per-iteration flush (RealtimeLink._pend / _Flusher) ---------------------------------------------------
+
+
+def _marker(i: int) -> bytes:
+    """One 20 ms μ-law frame that identifies itself (a byte no speech frame of these tests is made of)."""
+    return bytes([0x10 + i]) * 160
+
+
+def _appended(events: list[Any]) -> list[bytes]:
+    return [base64.b64decode(e["audio"]) for e in events if e["type"] == "input_audio_buffer.append"]
+
+
+def _index_of_audio(events: list[Any], audio: bytes) -> int:
+    for i, e in enumerate(events):
+        if e["type"] == "input_audio_buffer.append" and base64.b64decode(e["audio"]) == audio:
+            return i
+    raise AssertionError(f"append of {audio[:2]!r}... not received")
+
+
+@pytest.mark.parametrize("sender_first", [False, True])
+async def test_queued_append_leaves_before_cancel_and_truncate(
+    sender_first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append queued for the end of the iteration is never overtaken by a client event queued after it (a
+    barge-in's ``response.cancel`` + ``conversation.item.truncate``); audio pushed after the barge-in follows
+    them. ``sender_first``: the sender task was woken before the append was queued, so it runs before the
+    iteration's flush and must send the queued append itself, first."""
+    from rtvoice.agents.base import Heard
+
+    monkeypatch.setenv("RTVOICE_FASTPATH", "1")
+    script = [Reply("Our opening hours are nine to five, every day of the week.", user_transcript="Hours?")]
+    async with OpenAIRealtimeEmulator(script, config=OpenAIEmulatorConfig(ms_per_char=40.0, speed=1.0)) as emu:
+        settings = Settings(agent="openai", openai_api_key="sk-test", openai_websocket_base_url=emu.url)
+        agent, sink = await start_agent(OpenAIRealtimeAgent(settings), CALL)
+        try:
+            sess = await emu.wait_for_session()
+            await speak(agent, speech_ulaw())
+            await wait_until(lambda: len(sink.audio()) >= 1600)  # the bot is talking: a response to cancel
+            await wait_until(lambda: not agent.core.outbox and not agent.link._pend)
+            item_id = sink.of("bot_audio")[0][1]
+            assert agent.core.active_response is not None, [e["type"] for e in sess.sent[-5:]]
+            link = agent.link
+            if sender_first:
+                link.kick()
+            # one full batch: queued for the iteration's flush, not written yet
+            agent.send_audio(_marker(1), memoryview(b""))
+            agent.send_audio(_marker(2), memoryview(b""))
+            assert link._pend, "the append should wait for the end of the iteration"
+            agent.barge_in(Heard(item_id, 100))  # cancel + truncate queued while the append is pending
+            agent.send_audio(_marker(3), memoryview(b""))
+            agent.send_audio(_marker(4), memoryview(b""))
+            await emu.wait_for(lambda: _marker(4) in b"".join(_appended(sess.received)))
+            events = sess.received
+            a = _index_of_audio(events, _marker(1) + _marker(2))
+            types = [e["type"] for e in events]
+            cancel = types.index("response.cancel")
+            truncate = types.index("conversation.item.truncate")
+            b = next(i for i, e in enumerate(events) if e["type"] == "input_audio_buffer.append"
+                     and _marker(3) in base64.b64decode(e["audio"]))
+            assert a < cancel < truncate < b
+            assert b"".join(_appended(events)).endswith(_marker(1) + _marker(2) + _marker(3) + _marker(4))
+            assert sess.rejected == []
+        finally:
+            await agent.close()
+
+
+async def test_close_with_appends_pending_delivers_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Appends queued in the iteration the call ends in still reach the vendor, before the close."""
+    monkeypatch.setenv("RTVOICE_FASTPATH", "1")
+    async with OpenAIRealtimeEmulator([], config=OpenAIEmulatorConfig()) as emu:
+        settings = Settings(agent="openai", openai_api_key="sk-test", openai_websocket_base_url=emu.url)
+        agent, _sink = await start_agent(OpenAIRealtimeAgent(settings), CALL)
+        sess = await emu.wait_for_session()
+        await wait_until(lambda: not agent.core.outbox and not agent.link._pend)
+        for i in range(4):  # two appends: both wait for the flush
+            agent.send_audio(_marker(i), memoryview(b""))
+        assert len(agent.link._pend) == 2
+        await agent.close()
+        await emu.wait_for(lambda: len(_appended(sess.received)) >= 2)
+        assert _appended(sess.received)[-2:] == [_marker(0) + _marker(1), _marker(2) + _marker(3)]
+
+
+async def test_drop_with_appends_pending_reconnects_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vendor socket dies while an append waits for the flush: no exception, no write to the dead socket
+    counted as sent, the new session gets ``session.update`` before any audio, and the audio after the
+    reconnect arrives complete and in order."""
+    monkeypatch.setenv("RTVOICE_FASTPATH", "1")
+    async with OpenAIRealtimeEmulator([], config=OpenAIEmulatorConfig()) as emu:
+        settings = Settings(agent="openai", openai_api_key="sk-test", openai_websocket_base_url=emu.url)
+        agent, sink = await start_agent(OpenAIRealtimeAgent(settings), CALL)
+        try:
+            await emu.wait_for_session()
+            link = agent.link
+            await wait_until(lambda: not agent.core.outbox and not link._pend)
+            agent.send_audio(_marker(0), memoryview(b""))
+            agent.send_audio(_marker(1), memoryview(b""))
+            assert link._pend
+            sent_before = link.fast_sent
+            link._conn._connection.transport.abort()  # the socket dies before the flush runs
+            second = await emu.wait_for_session(2)
+            await wait_until(lambda: link.connected and link.reconnects == 1)
+            assert link.fast_sent == sent_before  # nothing written to the dead socket
+            await wait_until(lambda: not agent.core.outbox and not link._pend)
+            for i in range(2, 8):
+                agent.send_audio(_marker(i), memoryview(b""))
+                await asyncio.sleep(0.005)
+            await emu.wait_for(lambda: len(_appended(second.received)) >= 3)
+            assert second.received[0]["type"] == "session.update"
+            assert b"".join(_appended(second.received)) == b"".join(_marker(i) for i in range(2, 8))
+            assert second.rejected == []
+            assert sink.faults() == [("dropped", False)]
+        finally:
+            await agent.close()

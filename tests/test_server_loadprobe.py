@@ -1,0 +1,91 @@
+"""The load probe's histograms and its accounting of deferred sends (sans-I/O: the tap is called directly)."""
+
+from __future__ import annotations
+
+import time
+
+from rtvoice.server import loadprobe
+from rtvoice.server.loadprobe import BUCKET_NS, Histogram, LoadProbe
+
+
+def _samples(h: Histogram) -> int:
+    return sum(h.counts)
+
+
+def test_histogram_records_and_resets() -> None:
+    h = Histogram()
+    h.record(-5)
+    h.record(25_000)
+    h.record(10**12)  # beyond the last bucket: clamped into it
+    assert h.count == 3 and _samples(h) == 3
+    assert h.counts[0] == 1 and h.counts[25_000 // BUCKET_NS] == 1 and h.counts[-1] == 1
+    assert h.max_ns == 10**12
+    h.reset()
+    assert h.count == 0 and _samples(h) == 0
+
+
+def test_frame_without_defer_is_recorded_at_once() -> None:
+    p = LoadProbe()
+    p._on_frame(30_000)
+    assert p.frame.count == 1 and p.frame.counts[3] == 1 and p.send_defer.count == 0
+
+
+def test_deferred_frame_counts_until_the_write() -> None:
+    """A frame whose bytes are written later counts from its start to the write, not to the end of
+    ``on_text``; the wait after the frame is in ``send_defer``."""
+    p = LoadProbe()
+    held: list[int] = []
+    t0 = time.perf_counter_ns()
+    p.defer(held)  # the sender queued the frame's bytes during the frame
+    processing = time.perf_counter_ns() - t0 + 1_000
+    p._on_frame(processing)
+    assert p.frame.count == 0 and len(held) == 2  # not recorded yet
+    time.sleep(0.003)  # the rest of the iteration
+    p.sent(held)
+    assert held == []
+    assert p.frame.count == 1 and p.send_defer.count == 1
+    assert p.frame.max_ns >= 3_000_000 + processing - 1_000
+    assert 3_000_000 <= p.send_defer.max_ns <= p.frame.max_ns
+
+
+def test_defer_outside_a_frame_is_not_taken_by_the_next_frame() -> None:
+    """A deferral made outside any frame's processing (e.g. a timer) does not swallow the next frame's
+    sample."""
+    p = LoadProbe()
+    held: list[int] = []
+    p.defer(held)
+    time.sleep(0.002)
+    p._on_frame(10_000)  # a later frame that started after the deferral
+    assert held == [] and p.frame.count == 1
+
+
+def test_snapshot_reports_and_resets_send_defer() -> None:
+    p = LoadProbe()
+    held: list[int] = []
+    p.defer(held)
+    p._on_frame(1_000_000)
+    p.sent(held)
+    snap = p.snapshot(reset=True)
+    assert snap["send_defer"]["count"] == 1 and snap["frame"]["count"] == 1
+    assert p.send_defer.count == 0 and p.frame.count == 0
+
+
+def test_register_publishes_the_probe() -> None:
+    class App:
+        def __init__(self) -> None:
+            self.routes: list[tuple[str, str]] = []
+
+        def route(self, method: str, path: str, handler: object) -> None:
+            self.routes.append((method, path))
+
+    from rtvoice import metrics
+
+    old_tap = metrics.FRAME_STATS.tap
+    try:
+        probe = loadprobe.register(App())
+        assert loadprobe.PROBE is probe
+        assert metrics.FRAME_STATS.tap == probe._on_frame
+    finally:
+        metrics.FRAME_STATS.tap = old_tap
+        loadprobe.PROBE = None
+        loadprobe._probe = None
