@@ -90,8 +90,11 @@ class Agent(abc.ABC):
         """Begin serving ``call``; output goes to ``sink``. Returns once the agent is ready for audio."""
 
     @abc.abstractmethod
-    def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
-        """One inbound frame: ``ulaw`` as Twilio sent it and ``pcm`` the same frame as int16 at 8 kHz."""
+    def send_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> None:
+        """One inbound frame: ``ulaw`` as Twilio sent it and ``pcm`` the same frame as int16 at 8 kHz.
+
+        Both may be views of buffers the call reuses for the next frame: valid during this call only, so an
+        agent that keeps audio copies it (``bytes(ulaw)``, ``buf += ulaw``)."""
 
     def send_dtmf(self, digit: str) -> None:  # noqa: B027 - optional hook
         """The caller pressed a key."""

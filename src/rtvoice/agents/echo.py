@@ -79,7 +79,7 @@ class EchoAgent(Agent):
             return SpeechStart(vad.onset_ms)
         return SpeechEnd(vad.onset_ms, vad.last_ms + FRAME_MS)
 
-    def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
+    def send_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> None:
         tick = self._tick
         self._tick = tick + 1
         if self.closed:

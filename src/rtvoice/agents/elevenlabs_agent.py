@@ -125,7 +125,7 @@ class ConvAICore:
     def queue_initiation(self, call: CallInfo) -> None:
         self._send(self.initiation(call))
 
-    def caller_audio(self, ulaw: bytes, pcm: memoryview) -> Any:
+    def caller_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> Any:
         """The caller's frame in the agent's input format, or None while that format is unknown."""
         if self._in is None:
             return ulaw if self.input_format == "ulaw_8000" else None
@@ -321,7 +321,7 @@ class ElevenLabsAgent(Agent):
         ]
         self._wake.set()
 
-    def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
+    def send_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> None:
         data = self.core.caller_audio(ulaw, pcm)
         if data is None:
             if not self.core.input_format and len(self._early) < EARLY_AUDIO_LIMIT:

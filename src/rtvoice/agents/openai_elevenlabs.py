@@ -435,7 +435,7 @@ class OpenAIElevenLabsAgent(Agent):
         self._tts_wake.set()
 
     # --- agent interface ------------------------------------------------------------------------------------
-    def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
+    def send_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> None:
         self.link.send_caller_audio(ulaw, pcm)
 
     def barge_in(self, heard: Heard | None) -> None:

@@ -294,13 +294,27 @@ class Call:
         self.pacer.pump(self.now, self._send)
         return self.info
 
+    @property
+    def pcm_buffer(self) -> bytearray:
+        """The call's 320-byte int16 frame buffer: a compiled media kernel may decode a 20 ms frame straight
+        into it before :meth:`on_media_frame` (``pcm_ready``)."""
+        return self._pcm
+
     def on_media(self, media: Media) -> None:
         """One inbound frame: the call's tick."""
+        self.on_media_frame(media.chunk, media.timestamp, media.payload, False)
+
+    def on_media_frame(self, chunk: int, timestamp: int, payload: bytes | memoryview, pcm_ready: bool) -> None:
+        """One inbound frame from its already parsed fields (the per-frame entry: no :class:`Media` built).
+
+        ``payload`` may be a view of a buffer reused for the next frame: everything here that keeps audio
+        copies it (the agents' ``send_audio`` contract: the buffers are valid during the call only).
+        ``pcm_ready``: a 160-byte payload is already decoded into :attr:`pcm_buffer`.
+        """
         if self.state is not CallState.STREAMING:
             if self.state is CallState.CONNECTING:
                 raise CallError("media_before_start")
             return
-        chunk = media.chunk
         expected = self._next_chunk
         if expected is not None and chunk != expected:
             if chunk < expected:
@@ -309,29 +323,30 @@ class Call:
                 self.frames_late += 1
                 metrics.FRAMES_LATE.inc()
                 return
-            self._fill_gap(chunk - expected, media.timestamp)
+            self._fill_gap(chunk - expected, timestamp)
         self._next_chunk = chunk + 1
         self.frames_in += 1
-        payload = media.payload
         if self.legs is not None:
-            self.legs.caller_audio(payload)
+            self.legs.caller_audio(payload)  # written to the WAV file (a copy)
         n = len(payload)
-        self.now = now = media.timestamp + n // BYTES_PER_MS
+        self.now = now = timestamp + n // BYTES_PER_MS
         if n == FRAME_BYTES:
-            ulaw_decode(payload, self._pcm)
+            if not pcm_ready:
+                ulaw_decode(payload, self._pcm)
             pcm = self._pcm_view
             front = self._frontend
             vad_in = self._pcm if front is None else front.frame(pcm, now, self._bot_active())
-            event = self.vad.process(vad_in, media.timestamp)
+            event = self.vad.process(vad_in, timestamp)
             if event is not None:
                 self._on_vad(event)
         else:
-            pcm = self._decode_odd(payload, media.timestamp)
+            pcm = self._decode_odd(payload, timestamp)
         if self.agent_ready:
             if self.agent is not None and not self._fatal:
                 self.agent.send_audio(payload, pcm)
         elif self._early is not None:
-            self._early.append((payload, bytes(pcm.cast("B"))))
+            # kept until the agent is ready: copies (bytes() of a bytes payload is the same object)
+            self._early.append((bytes(payload), bytes(pcm.cast("B"))))
         if self.pacer.has_audio:
             self.pacer.pump(now, self._send)
         if self._hangup_reason is not None:
@@ -510,7 +525,7 @@ class Call:
             # Missing frames count as non-speech for the VAD: a gap ends a run rather than extending it.
             self.vad.update(False, timestamp)
 
-    def _decode_odd(self, payload: bytes, timestamp: int) -> memoryview:
+    def _decode_odd(self, payload: bytes | memoryview, timestamp: int) -> memoryview:
         """A frame that is not 20 ms (Twilio's are; the protocol allows any length): decode to a fresh
         buffer and
         run the VAD over each whole 20 ms inside it."""

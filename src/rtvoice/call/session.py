@@ -30,7 +30,7 @@ from rtvoice.call.registry import CallRegistry, CallSetup
 from rtvoice.config import Settings
 from rtvoice.logs import call_context
 from rtvoice.server.api import App, Request, Response, WebSocket, WebSocketHandler
-from rtvoice.twilio.fastmedia import parse  # media.parse with a fast path for plain media messages
+from rtvoice.twilio.fastmedia import media_kernel, parse  # fast paths: compiled per-frame kernel, parser
 from rtvoice.twilio.media import Connected, Dtmf, Mark, Media, ProtocolViolation, Start, Stop, Unknown
 from rtvoice.twilio.stream_token import StreamTokenError
 
@@ -99,9 +99,33 @@ class MediaStreamHandler:
         self._counted_active = False
         self._usage_reported: dict[str, int] = {}
         self._usage_at = 0.0
+        #: the compiled per-frame parser/decoder (None with RTVOICE_FASTPATH=0), see :meth:`on_text_bytes`
+        self._kernel = media_kernel(self.call.pcm_buffer)
 
     # --- WebSocketHandler
     # ---------------------------------------------------------------------------------------
+    def on_text_bytes(self, data: bytes) -> bool:
+        """A text message's raw bytes, before any UTF-8 decoding (the WebSocket layer offers them first). A
+        plain ``media`` message is parsed, base64- and μ-law-decoded by the call's compiled kernel in one call
+        and handed to :meth:`Call.on_media_frame` (no str, no :class:`Media`): True. Anything else, or the
+        fast paths off: False, nothing done (the layer decodes the text strictly and calls :meth:`on_text`).
+        The kernel takes ASCII only, so what it takes is valid UTF-8."""
+        kernel = self._kernel
+        if kernel is None:
+            return False
+        t0 = _perf_ns()
+        n = kernel.feed(data)
+        if n < 0:
+            return False
+        try:
+            # the payload is a view of the kernel's buffer, reused next frame: the call copies what it keeps
+            self.call.on_media_frame(kernel.chunk, kernel.timestamp, kernel.payload, n == 160)
+        except CallError as exc:
+            self._violation(exc.reason, str(exc))
+            return True
+        self._frame_done(t0)
+        return True
+
     def on_text(self, text: str) -> None:
         t0 = _perf_ns()
         try:
@@ -115,14 +139,7 @@ class MediaStreamHandler:
             except CallError as exc:
                 self._violation(exc.reason, str(exc))
                 return
-            self._last_frame_at = _monotonic()
-            frames = 0
-            sent = self.call.pacer.bytes_sent
-            if sent - self._bytes_reported >= 160:
-                frames = (sent - self._bytes_reported) // 160
-                self._bytes_reported += frames * 160
-            # plain ints, folded into Prometheus at a low rate (rtvoice.metrics.FrameStats)
-            _FRAME_STATS.frame(_perf_ns() - t0, frames)
+            self._frame_done(t0)
             return
         if type(event) is Mark:
             mono = _monotonic()
@@ -148,6 +165,17 @@ class MediaStreamHandler:
             log.info(
                 "unknown media stream event ignored", extra={"call_sid": self.call_sid, "event": event.event}
             )
+
+    def _frame_done(self, t0: int) -> None:
+        """Bookkeeping after one inbound frame (started at ``t0``, perf_counter ns)."""
+        self._last_frame_at = _monotonic()
+        frames = 0
+        sent = self.call.pacer.bytes_sent
+        if sent - self._bytes_reported >= 160:
+            frames = (sent - self._bytes_reported) // 160
+            self._bytes_reported += frames * 160
+        # plain ints, folded into Prometheus at a low rate (rtvoice.metrics.FrameStats)
+        _FRAME_STATS.frame(_perf_ns() - t0, frames)
 
     def on_binary(self, data: bytes) -> None:
         self._violation("binary_frame", "Twilio sends only text frames")

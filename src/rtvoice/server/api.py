@@ -95,6 +95,11 @@ class WebSocketHandler(Protocol):
 
     def on_text(self, text: str) -> None: ...
 
+    # Optional, not part of the protocol (looked up with getattr when the handler is created):
+    # ``on_text_bytes(data: bytes) -> bool`` gets a text message's raw payload first; True means it handled
+    # the message, False that the connection should decode it (strict UTF-8, 1007 if invalid) and call
+    # ``on_text``. It may only return True for a payload that is valid UTF-8 (e.g. one it checked is ASCII).
+
     def on_binary(self, data: bytes) -> None: ...
 
     def on_close(self, code: int | None, reason: str) -> None:

@@ -52,7 +52,7 @@ class ScriptedAgent(Agent):
         self._offset = 0
         self._started_tick = self._tick
 
-    def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
+    def send_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> None:
         self._tick += 1
         if self.closed:
             return

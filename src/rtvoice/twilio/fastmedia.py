@@ -11,6 +11,13 @@ tracks of ASCII letters and digits; counters of 1-18 ASCII digits; standard base
 :func:`parse` hands the text to the strict full parser, which either accepts it or says what is wrong. So
 the fast path can only ever return what the full parser returns for the same text (property-tested in
 ``tests/test_fastpath_media.py``).
+
+On the server the step before that is compiled: :func:`media_kernel` gives a call its
+:class:`~rtvoice.twilio._fastmedia.MediaKernel`, which takes the message's raw UTF-8 bytes and, in one C call
+with no per-frame allocation, recognises the same layouts with the same value rules, base64-decodes the
+payload into its own buffer and μ-law-decodes a 20 ms frame into the call's PCM buffer (no str, no
+:class:`Media`); whatever it does not take comes here as text (property-tested against
+:func:`parse_media_fast` in ``tests/test_fastpath_media_kernel.py``).
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from __future__ import annotations
 import binascii
 
 from rtvoice.server.fastframes import ENABLED
+from rtvoice.twilio._fastmedia import MediaKernel
 from rtvoice.twilio.media import Event, Media
 from rtvoice.twilio.media import parse as parse_full
 
-__all__ = ["parse", "parse_media_fast"]
+__all__ = ["MediaKernel", "media_kernel", "parse", "parse_media_fast"]
 
 #: ``text.split('"')`` of each accepted layout: the fixed tokens, with None where a value goes. Twilio's
 #: order (values: seq 7, track 13, chunk 17, timestamp 21, payload 25, sid 29), then the simulator's (seq 7,
@@ -91,3 +99,9 @@ def parse(text: str | bytes) -> Event:
         if event is not None:
             return event
     return parse_full(text)
+
+
+def media_kernel(pcm: bytearray) -> MediaKernel | None:
+    """A compiled media kernel decoding 20 ms frames into ``pcm`` (the call's 320-byte frame buffer), or None
+    when the fast paths are off (``RTVOICE_FASTPATH=0``: every message then takes the text path)."""
+    return MediaKernel(pcm) if ENABLED else None

@@ -210,7 +210,7 @@ class LocalAgent(Agent):
 
     # --- caller audio (hot path: no logging, no awaits) -----------------------------------------------------
 
-    def send_audio(self, ulaw: bytes, pcm: memoryview) -> None:
+    def send_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> None:
         t_ms = self._tick * FRAME_MS
         self._tick += 1
         if self._closed or pcm.nbytes != 320:
