@@ -91,7 +91,7 @@ class Pacer:
             raise ValueError(f"max_queued_ms ({max_queued_ms}) must be at least one chunk ({chunk_ms} ms)")
         self.ledger = ledger
         self.writer = writer
-        self.max_queued = max_queued_ms * BYTES_PER_MS
+        self._max_queued = max_queued_ms * BYTES_PER_MS
         self.chunk = chunk_ms * BYTES_PER_MS
         self._items: deque[_Item] = deque()
         self._by_id: dict[str, _Item] = {}
@@ -102,6 +102,23 @@ class Pacer:
         #: Bytes sent in media messages and number of media messages, for metrics.
         self.bytes_sent = 0
         self.messages_sent = 0
+        # Idle memo: a pump that sent nothing and found nothing to retire leaves the state it saw here; a pump
+        # at the same stream time with the same queue (``_version``: push, done, clear, a new limit) and the
+        # same ledger (what was sent, echoed marks, clears: all that ``played_pos`` and the mark rule depend
+        # on) would decide the same again, so it returns at once. The call pumps twice per tick while the bot
+        # talks (after the agent's audio, then for the inbound frame itself): the second is that case.
+        self._version = 0
+        self._idle: tuple[int, int, int, int, int] | None = None
+
+    @property
+    def max_queued(self) -> int:
+        """Most audio (bytes) kept queued at Twilio."""
+        return self._max_queued
+
+    @max_queued.setter
+    def max_queued(self, value: int) -> None:
+        self._max_queued = value
+        self._version += 1
 
     @property
     def buffered_bytes(self) -> int:
@@ -123,18 +140,21 @@ class Pacer:
         if ulaw:
             item.parts.append(memoryview(ulaw))
             item.buffered += len(ulaw)
+        self._version += 1
 
     def done(self, item_id: str) -> None:
         """No more audio will arrive for ``item_id``."""
         item = self._by_id.get(item_id)
         if item is not None:
             item.done = True
+            self._version += 1
 
     def clear(self) -> int:
         """Drop everything not yet sent (barge-in); return the number of bytes dropped."""
         dropped = self.buffered_bytes
         self._items.clear()
         self._by_id.clear()
+        self._version += 1
         return dropped
 
     def pump(self, now: int, emit: Callable[[str], None]) -> int:
@@ -143,16 +163,28 @@ class Pacer:
         Returns the number of audio bytes sent.
         """
         items = self._items
-        if not items or self.writer is None:
+        writer = self.writer
+        if not items or writer is None:
             return 0
         ledger = self.ledger
-        writer = self.writer
+        idle = self._idle
+        if (
+            idle is not None and idle[0] == now and idle[1] == self._version and idle[2] == ledger.sent_pos
+            and idle[3] == ledger.marks_played and idle[4] == ledger.epoch
+        ):
+            return 0
         queued = ledger.sent_pos - ledger.played_pos(now)
+        chunk = self.chunk
+        max_queued = self._max_queued
+        on_audio = self.on_audio
         sent_total = 0
+        changed = False
         while items:
             item = items[0]
-            if item.buffered == 0:
+            buffered = item.buffered
+            if buffered == 0:
                 if item.done:
+                    changed = True
                     items.popleft()
                     if self._by_id.get(item.item_id) is item:
                         del self._by_id[item.item_id]
@@ -160,19 +192,34 @@ class Pacer:
                         emit(writer.mark(ledger.mark(now)))
                     continue
                 break  # the head item is still streaming: later items wait their turn
-            n = item.buffered if item.buffered < self.chunk else self.chunk
-            if n < self.chunk and not (item.offset == 0 or item.done or queued < self.chunk):
+            n = buffered if buffered < chunk else chunk
+            offset = item.offset
+            if n < chunk and not (offset == 0 or item.done or queued < chunk):
                 break  # wait for a full chunk; Twilio still has audio to play meanwhile
-            if queued > 0 and queued + n > self.max_queued:
+            if queued > 0 and queued + n > max_queued:
                 break
-            if item.offset == 0 and self.on_first_send is not None:
+            if offset == 0 and self.on_first_send is not None:
                 self.on_first_send(item.item_id, now)
-            payload = item.take(n)
+            # the next n bytes: a zero-copy view when they sit in the head part (always, for agents that hand
+            # over whole chunks or single frames of a chunk's multiple)
+            parts = item.parts
+            head = parts[0]
+            size = len(head)
+            if size > n:
+                payload: memoryview | bytes = head[:n]
+                parts[0] = head[n:]
+                item.buffered = buffered - n
+            elif size == n:
+                payload = head
+                parts.popleft()
+                item.buffered = buffered - n
+            else:
+                payload = item.take(n)
             emit(writer.media(payload))
-            if self.on_audio is not None:
-                self.on_audio(payload)
-            ledger.sent(item.item_id, item.offset, n, now)
-            item.offset += n
+            if on_audio is not None:
+                on_audio(payload)
+            ledger.sent(item.item_id, offset, n, now)
+            item.offset = offset + n
             queued += n
             sent_total += n
             self.messages_sent += 1
@@ -183,5 +230,8 @@ class Pacer:
                 items.popleft()
                 if self._by_id.get(item.item_id) is item:
                     del self._by_id[item.item_id]
-        self.bytes_sent += sent_total
+        if sent_total:
+            self.bytes_sent += sent_total
+        elif not changed:
+            self._idle = (now, self._version, ledger.sent_pos, ledger.marks_played, ledger.epoch)
         return sent_total

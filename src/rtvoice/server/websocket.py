@@ -7,9 +7,9 @@ over the transport (``transport.set_protocol``) after the handshake. The handsha
 expecting a request), and every byte that arrived after the head (h11's ``trailing_data``) is fed right after
 the 101 is sent, so nothing the client sent early is lost.
 
-The hot path (``data_received`` -> handler ``on_text_bytes`` or ``on_text`` -> ``send_text``) creates no task,
-logs nothing and copies only what the websockets library itself copies (its read buffer, the unmasked payload,
-the serialised frame).
+The hot path (``data_received`` -> handler ``on_text`` -> ``send_text``) creates no task, logs nothing and
+copies only what the websockets library itself copies (its read buffer, the unmasked payload, the serialised
+frame).
 
 Backpressure:
 
@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -61,6 +63,24 @@ _PAUSED_BY_APP = 2
 
 
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+#: ``RTVOICE_FASTPATH=0`` sends every frame through websockets' ``send_text`` (A/B runs).
+_FAST_SEND = os.environ.get("RTVOICE_FASTPATH", "1") != "0"
+#: FIN + text opcode and the 7-bit length byte (server frames are never masked), for payloads under 126 bytes.
+_HEAD7 = tuple(bytes((0x81, n)) for n in range(126))
+_HEAD16 = struct.Struct("!BBH")
+_HEAD64 = struct.Struct("!BBQ")
+
+
+def server_text_frame(data: bytes) -> bytes:
+    """One unfragmented, unmasked text frame carrying ``data`` (UTF-8): the bytes of websockets'
+    ``Frame(OP_TEXT, data).serialize(mask=False)`` without extensions (RFC 6455 section 5.2)."""
+    n = len(data)
+    if n < 126:
+        return _HEAD7[n] + data
+    if n < 65536:
+        return _HEAD16.pack(0x81, 126, n) + data
+    return _HEAD64.pack(0x81, 127, n) + data
 
 
 def prepare_handshake(request: Request, limits: ServerLimits) -> tuple[ServerProtocol, bytes | None]:
@@ -101,8 +121,6 @@ class WebSocketConnection(asyncio.Protocol):
         self._transport = transport
         self._proto = proto
         self._handler: WebSocketHandler | None = None
-        #: the handler's optional ``on_text_bytes`` (see :class:`rtvoice.server.api.WebSocketHandler`)
-        self._text_bytes: Callable[[bytes], bool] | None = None
         self._write_paused = False
         self._read_paused = 0
         self._queue: deque[bytes] = deque()
@@ -134,8 +152,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._transport.set_protocol(self)
         self._flush()
         try:
-            self._handler = handler = factory(self)
-            self._text_bytes = getattr(handler, "on_text_bytes", None)
+            self._handler = factory(self)
         except Exception:
             log.exception("websocket %s: handler factory failed; closing 1011", self.request.path)
             self._fail(ErrorKind.INTERNAL, "internal error")
@@ -149,9 +166,16 @@ class WebSocketConnection(asyncio.Protocol):
 
     def send_text(self, text: str) -> None:
         """Queue one text message; never blocks (see the module docstring for the bound)."""
-        if self._proto.state is not _OPEN:
+        proto = self._proto
+        if proto.state is not _OPEN:
             return
-        self._proto.send_text(text.encode())
+        data = text.encode()
+        # Fast path: the frame websockets would append to its writes (no extensions, no fragmented send, no
+        # pending writes to keep in order, no debug logging), built here without Frame + BytesIO.
+        if _FAST_SEND and not (proto.writes or proto.extensions or proto.expect_continuation_frame or proto.debug):
+            self._write(server_text_frame(data))
+            return
+        proto.send_text(data)
         self._flush()
 
     def send_binary(self, data: bytes) -> None:
@@ -334,16 +358,6 @@ class WebSocketConnection(asyncio.Protocol):
         handler = self._handler
         assert handler is not None
         if opcode is _TEXT:
-            fast = self._text_bytes
-            if fast is not None:
-                # the handler may take the raw bytes (a compiled parser); it only accepts ASCII, so whatever it
-                # takes is valid UTF-8, and whatever it leaves is decoded strictly below (1007 if invalid)
-                try:
-                    if fast(data):
-                        return
-                except Exception:
-                    self._handler_failed("on_text_bytes")
-                    return
             try:
                 text = data.decode()
             except UnicodeDecodeError:
@@ -370,6 +384,20 @@ class WebSocketConnection(asyncio.Protocol):
         self._failed = True
         self._frag_parts.clear()
         self.close(close_code(kind), reason)
+
+    def _write(self, data: bytes) -> None:
+        """One serialised frame out: queued while writing is paused, corked during a read, else written."""
+        if self._write_paused:
+            self._queue.append(data)
+            self._queued += len(data)
+            if self._queued > self.max_queued:
+                self.max_queued = self._queued
+            if self._queued > self._limits.send_queue_limit_bytes:
+                self._overflow()
+        elif self._cork is not None:
+            self._cork.append(data)
+        else:
+            self._transport.write(data)
 
     def _flush(self) -> None:
         transport = self._transport

@@ -321,6 +321,9 @@ def _json_string_body(value: str) -> str:
     return json.dumps(value)[1:-1]  # ASCII-escaped: lone surrogates stay encodable
 
 
+_b2a_base64 = binascii.b2a_base64
+
+
 def _b64(payload: bytes | bytearray | memoryview) -> str:
     return binascii.b2a_base64(payload, newline=False).decode("ascii")
 
@@ -342,10 +345,12 @@ class MessageWriter:
 
     def media(self, payload: bytes | bytearray | memoryview) -> str:
         """``{"event":"media","streamSid":…,"media":{"payload":<base64 raw μ-law>}}``."""
-        return self._media_prefix + _b64(payload) + '"}}'
+        return self._media_prefix + _b2a_base64(payload, newline=False).decode() + '"}}'
 
     def mark(self, name: str) -> str:
         """``{"event":"mark","streamSid":…,"mark":{"name":…}}``."""
+        if type(name) is str and name.isascii() and name.isalnum():
+            return self._mark_prefix + name + '"}}'  # the ledger's names (``m<seq>``): nothing to escape
         if not isinstance(name, str):
             raise ValueError("mark name must be a string")
         return self._mark_prefix + _json_string_body(name) + '"}}'
