@@ -7,9 +7,9 @@ over the transport (``transport.set_protocol``) after the handshake. The handsha
 expecting a request), and every byte that arrived after the head (h11's ``trailing_data``) is fed right after
 the 101 is sent, so nothing the client sent early is lost.
 
-The hot path (``data_received`` -> handler ``on_text`` -> ``send_text``) creates no task, logs nothing and
-copies only what the websockets library itself copies (its read buffer, the unmasked payload, the serialised
-frame).
+The hot path (``data_received`` -> handler ``on_text_bytes`` or ``on_text`` -> ``send_text``) creates no task,
+logs nothing and copies only what the websockets library itself copies (its read buffer, the unmasked payload,
+the serialised frame).
 
 Backpressure:
 
@@ -121,6 +121,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._transport = transport
         self._proto = proto
         self._handler: WebSocketHandler | None = None
+        #: the handler's optional ``on_text_bytes`` (see :class:`rtvoice.server.api.WebSocketHandler`)
+        self._text_bytes: Callable[[bytes], bool] | None = None
         self._write_paused = False
         self._read_paused = 0
         self._queue: deque[bytes] = deque()
@@ -152,7 +154,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._transport.set_protocol(self)
         self._flush()
         try:
-            self._handler = factory(self)
+            self._handler = handler = factory(self)
+            self._text_bytes = getattr(handler, "on_text_bytes", None)
         except Exception:
             log.exception("websocket %s: handler factory failed; closing 1011", self.request.path)
             self._fail(ErrorKind.INTERNAL, "internal error")
@@ -358,6 +361,16 @@ class WebSocketConnection(asyncio.Protocol):
         handler = self._handler
         assert handler is not None
         if opcode is _TEXT:
+            fast = self._text_bytes
+            if fast is not None:
+                # the handler may take the raw bytes (a compiled parser); it only accepts ASCII, so whatever it
+                # takes is valid UTF-8, and whatever it leaves is decoded strictly below (1007 if invalid)
+                try:
+                    if fast(data):
+                        return
+                except Exception:
+                    self._handler_failed("on_text_bytes")
+                    return
             try:
                 text = data.decode()
             except UnicodeDecodeError:
