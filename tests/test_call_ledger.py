@@ -121,8 +121,11 @@ def test_resumed_walk_equals_a_walk_from_the_anchor(ops: list[tuple[int, int, in
             names.append(ledger.mark(now))
         elif kind == 2 and names:
             ledger.acked(names.pop(0), now)
-        got = ledger.played_pos(now)
+        elif kind == 3 and dt % 7 == 0:
+            ledger.clear(now)
+        got = ledger.played_pos(now)  # the memo when nothing changed since the last call at this ``now``
         ledger._walk_now = -1  # forget the resumable state: walk from the anchor
+        ledger._pp_now = -1  # and the memo
         assert got == ledger.played_pos(now)
         assert 0 <= got <= ledger.sent_pos
 

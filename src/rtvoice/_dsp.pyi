@@ -144,6 +144,8 @@ class EchoCancellerCore:
     ub_rise: float
     ub_spread: int
     last_pub: float
+    #: issue 7 fast paths (whole-frame kernels, exact skips); False runs the per-sample reference code
+    fast: bool
     def __init__(
         self, taps: int = 48, max_delay_ms: int = 350, mu: float = 0.4, dt_threshold_db: float = 6.0
     ) -> None: ...

@@ -228,6 +228,7 @@ class EchoAwareGate:
             for i in range(min(gap // FRAME_MS - 1, MAX_SKIP_FRAMES), 0, -1):
                 t = now - i * FRAME_MS
                 core.skip(ledger.played_pos(t), ledger.epoch)
+        # (played_pos(now) is usually the ledger's memo: the call asked for the same ``now`` just before)
         if core.frame(pcm, ledger.played_pos(now), ledger.epoch, now) & _UNPRIMED:
             return pcm  # nothing has been played yet: no echo possible, the VAD hears the caller as is
         return self._out

@@ -93,6 +93,11 @@ class PlaybackLedger:
         self._walk_pos = 0
         self._walk_clock = 0
         self._walk_now = -1
+        # played_pos() memo: the result at stream time _pp_now (-1: none). Per inbound frame the call, its
+        # barge-in gate and the pacer all ask for the same ``now``; anything that moves the estimate (a send,
+        # an echoed mark, a clear) forgets it.
+        self._pp_now = -1
+        self._pp_pos = 0
         self._last_mark_pos = 0
         self._last_item: str | None = None
         self._item_marked: str | None = None  # the item whose first mark has been placed
@@ -114,6 +119,7 @@ class PlaybackLedger:
             return
         start = self.sent_pos
         self.sent_pos = start + nbytes
+        self._pp_now = -1
         self.last_send_t = now
         last = self._chunks[-1] if self._chunks else None
         # Coalesce with the previous chunk when contiguous and sent before the previous one can have finished
@@ -200,6 +206,7 @@ class PlaybackLedger:
             now = earliest
             self.marks_restamped += 1
         self._walk_now = -1
+        self._pp_now = -1
         if info.position > self._anchor_pos:
             self._anchor_pos = info.position
             self._anchor_t = now
@@ -227,6 +234,7 @@ class PlaybackLedger:
         self._last_mark_pos = self.sent_pos
         self._chunks.clear()
         self._walk_now = -1
+        self._pp_now = -1
         self._item_marked = None
         self._last_item = None
         self.epoch += 1
@@ -242,6 +250,8 @@ class PlaybackLedger:
         time moves forward), so a call whose marks stopped coming back does not pay for its whole history on
         every frame.
         """
+        if now == self._pp_now:
+            return self._pp_pos
         chunks = self._chunks
         if self._walk_now >= 0 and now >= self._walk_now:
             i, pos, clock = self._walk_i, self._walk_pos, self._walk_clock
@@ -268,7 +278,10 @@ class PlaybackLedger:
             pos = c.end
             i += 1
         self._walk_i, self._walk_pos, self._walk_clock, self._walk_now = i, pos, clock, now
-        return pos if result < 0 else result
+        result = pos if result < 0 else result
+        self._pp_now = now
+        self._pp_pos = result
+        return result
 
     def _earliest_end(self, position: int) -> int:
         """Earliest stream time (ms) at which audio up to ``position`` can have finished playing: from the
