@@ -9,8 +9,13 @@ import json
 from collections import deque
 from collections.abc import Callable
 
+from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.call.ledger import PlaybackLedger
+from rtvoice.config import Settings
 from rtvoice.twilio.media import MessageWriter
+from rtvoice.vad import FRAME_MS, SpeechEnd, SpeechStart, VoiceActivity
+
+LEAD_FRAMES = 3
 
 CHUNK_MS = 40
 BYTES_PER_MS = 8
@@ -193,3 +198,123 @@ class ReferenceWriter:
 
     def clear(self) -> str:
         return self._clear
+
+
+class ReferenceEchoAgent(Agent):
+    """Echoes caller utterances back as items after a fixed delay."""
+
+    name = "echo"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.delay_frames = max(0, settings.echo_delay_ms // FRAME_MS)
+        #: Own VAD, made only when the sink has none to share (see the module docstring).
+        self.vad: VoiceActivity | None = None
+        self._call_vad: VoiceActivity | None = None
+        self._speaking = False  # the call VAD's state at the previous frame
+        self.sink: AgentSink | None = None
+        self.info: CallInfo | None = None
+        self._tick = 0
+        # The last few frames, so an utterance's echo starts at its first speech frame, not at the frame that
+        # confirmed the onset.
+        self._preroll: deque[bytes] = deque(maxlen=settings.vad_onset_frames + 1)
+        self._item: str | None = None  # the utterance being captured
+        self._count = 0
+        # Frames waiting for their time: (due tick, item id, μ-law) and (due tick, item id, None) = item done.
+        self._pending: deque[tuple[int, str, bytes | None]] = deque()
+        self._cut: set[str] = set()
+        self._started: str | None = None  # the echo whose first frame has been released
+        #: What the caller heard of each interrupted echo (for tests and the line-test report).
+        self.barge_ins: list[Heard | None] = []
+        self.played: dict[str, int] = {}
+        self.digits: list[str] = []
+        self.closed = False
+
+    async def start(self, call: CallInfo, sink: AgentSink) -> None:
+        self.info = call
+        self.sink = sink
+        if not isinstance(getattr(sink, "vad", None), VoiceActivity):
+            self.vad = VoiceActivity.from_settings(self.settings)
+
+    def _call_vad_event(self, vad: VoiceActivity) -> SpeechStart | SpeechEnd | None:
+        """The call VAD's transition at this frame, as the event its ``process`` returned."""
+        speaking = vad.speaking
+        if speaking == self._speaking:
+            return None
+        self._speaking = speaking
+        if speaking:
+            return SpeechStart(vad.onset_ms)
+        return SpeechEnd(vad.onset_ms, vad.last_ms + FRAME_MS)
+
+    def send_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> None:
+        tick = self._tick
+        self._tick = tick + 1
+        if self.closed:
+            return
+        event: SpeechStart | SpeechEnd | None
+        back = 0
+        own = self.vad
+        if own is None and self.sink is not None:
+            # the call's VAD (the sink's attribute: a profile may have replaced it since start)
+            vad: VoiceActivity = self.sink.vad  # type: ignore[attr-defined]
+            event = self._call_vad_event(vad)
+            if type(event) is SpeechStart:
+                # frames since the onset frame, in the call's stream time (this frame is the latest one seen)
+                back = max(0, (vad.last_ms - event.onset_ms) // FRAME_MS)
+        else:
+            if own is None:
+                own = self.vad = VoiceActivity.from_settings(self.settings)
+            event = own.process(pcm, tick * FRAME_MS) if len(ulaw) == 160 else None
+            if type(event) is SpeechStart:
+                # Frames from the onset on: the onset frame is (tick - onset run length + 1) ... tick.
+                back = tick - event.onset_ms // FRAME_MS
+        due = tick + self.delay_frames
+        if type(event) is SpeechStart:
+            self._count += 1
+            self._item = f"echo-{self._count}"
+            preroll = list(self._preroll)[-back:] if back else []
+            for i, frame in enumerate(preroll):
+                self._pending.append((due - len(preroll) + i, self._item, frame))
+        if self._item is not None:
+            self._pending.append((due, self._item, bytes(ulaw)))
+            if type(event) is SpeechEnd:
+                self._pending.append((due, self._item, None))
+                self._item = None
+        self._preroll.append(bytes(ulaw))
+        self._release(tick)
+
+    def _release(self, tick: int) -> None:
+        sink = self.sink
+        pending = self._pending
+        while pending:
+            due, item_id, _ = pending[0]
+            if due > (tick + LEAD_FRAMES if item_id == self._started else tick):
+                break
+            _, item_id, frame = pending.popleft()
+            self._started = item_id
+            if sink is None or item_id in self._cut:
+                continue
+            if frame is None:
+                sink.bot_audio_done(item_id)
+            else:
+                sink.bot_audio(item_id, frame)
+
+    def send_dtmf(self, digit: str) -> None:
+        self.digits.append(digit)
+
+    def barge_in(self, heard: Heard | None) -> None:
+        self.barge_ins.append(heard)
+        # Drop what is left of every echo already queued (the interrupted one and any after it); the utterance
+        # being captured now is the caller's new turn and will be echoed.
+        for _, item_id, _ in self._pending:
+            if item_id != self._item:
+                self._cut.add(item_id)
+        if heard is not None:
+            self._cut.add(heard.item_id)
+
+    def playback(self, item_id: str, played_ms: int) -> None:
+        self.played[item_id] = played_ms
+
+    async def close(self) -> None:
+        self.closed = True
+        self._pending.clear()

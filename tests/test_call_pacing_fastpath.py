@@ -75,8 +75,7 @@ def _snapshot(w: World, now: int) -> tuple[object, ...]:
 def test_fast_pacer_equals_reference(ops: list[tuple[str, str, int]], max_ms: int, mark_ms: int) -> None:
     fast, ref = World(True, max_ms, mark_ms), World(False, max_ms, mark_ms)
     now = 0
-    counter = 0
-    for kind, item, arg in ops:
+    for counter, (kind, item, arg) in enumerate(ops):
         for w in (fast, ref):
             if kind == "push":
                 w.pacer.push(item, bytes((counter + i) % 256 for i in range(arg)))
@@ -104,7 +103,6 @@ def test_fast_pacer_equals_reference(ops: list[tuple[str, str, int]], max_ms: in
                 w.pacer.max_queued = arg * 8
         if kind in ("pump", "pump2"):
             now += arg
-        counter += 1
         assert _snapshot(fast, now) == _snapshot(ref, now), (kind, item, arg)
     # drain: everything left goes out the same way
     for _ in range(400):

@@ -84,11 +84,30 @@ class EchoAgent(Agent):
         self._tick = tick + 1
         if self.closed:
             return
+        own = self.vad
+        sink = self.sink
+        if own is None and sink is not None:
+            # the call's VAD (the sink's attribute: a profile may have replaced it since start)
+            vad: VoiceActivity = sink.vad  # type: ignore[attr-defined]
+            if vad.speaking == self._speaking:
+                # The frame of almost every tick: no VAD transition. One copy (the payload may be a view of a
+                # buffer the call reuses), kept by the echo being captured and by the preroll alike.
+                frame = bytes(ulaw)
+                pending = self._pending
+                if self._item is not None:
+                    pending.append((tick + self.delay_frames, self._item, frame))
+                self._preroll.append(frame)
+                if pending and pending[0][0] <= tick + LEAD_FRAMES:  # else nothing can be due yet
+                    self._release(tick)
+                return
+        self._send_audio_event(tick, bytes(ulaw), pcm)
+
+    def _send_audio_event(self, tick: int, frame: bytes, pcm: memoryview) -> None:
+        """A frame with a possible VAD transition (the call VAD's, or the agent's own VAD)."""
         event: SpeechStart | SpeechEnd | None
         back = 0
         own = self.vad
         if own is None and self.sink is not None:
-            # the call's VAD (the sink's attribute: a profile may have replaced it since start)
             vad: VoiceActivity = self.sink.vad  # type: ignore[attr-defined]
             event = self._call_vad_event(vad)
             if type(event) is SpeechStart:
@@ -97,7 +116,7 @@ class EchoAgent(Agent):
         else:
             if own is None:
                 own = self.vad = VoiceActivity.from_settings(self.settings)
-            event = own.process(pcm, tick * FRAME_MS) if len(ulaw) == 160 else None
+            event = own.process(pcm, tick * FRAME_MS) if len(frame) == 160 else None
             if type(event) is SpeechStart:
                 # Frames from the onset on: the onset frame is (tick - onset run length + 1) ... tick.
                 back = tick - event.onset_ms // FRAME_MS
@@ -106,27 +125,31 @@ class EchoAgent(Agent):
             self._count += 1
             self._item = f"echo-{self._count}"
             preroll = list(self._preroll)[-back:] if back else []
-            for i, frame in enumerate(preroll):
-                self._pending.append((due - len(preroll) + i, self._item, frame))
+            for i, earlier in enumerate(preroll):
+                self._pending.append((due - len(preroll) + i, self._item, earlier))
         if self._item is not None:
-            self._pending.append((due, self._item, bytes(ulaw)))
+            self._pending.append((due, self._item, frame))
             if type(event) is SpeechEnd:
                 self._pending.append((due, self._item, None))
                 self._item = None
-        self._preroll.append(bytes(ulaw))
+        self._preroll.append(frame)
         self._release(tick)
 
     def _release(self, tick: int) -> None:
         sink = self.sink
         pending = self._pending
+        cut = self._cut
+        lead = tick + LEAD_FRAMES
         while pending:
-            due, item_id, _ = pending[0]
-            if due > (tick + LEAD_FRAMES if item_id == self._started else tick):
+            head = pending[0]
+            item_id = head[1]
+            if head[0] > (lead if item_id == self._started else tick):
                 break
-            _, item_id, frame = pending.popleft()
+            pending.popleft()
             self._started = item_id
-            if sink is None or item_id in self._cut:
+            if sink is None or item_id in cut:
                 continue
+            frame = head[2]
             if frame is None:
                 sink.bot_audio_done(item_id)
             else:
