@@ -318,3 +318,24 @@ class ReferenceEchoAgent(Agent):
     async def close(self) -> None:
         self.closed = True
         self._pending.clear()
+
+
+class ReferenceFromPcm8k:
+    """``rtvoice.agents.vendor_common.FromPcm8k`` as it was (a cast and a fresh view per frame)."""
+
+    def __init__(self, rate: int) -> None:
+        from rtvoice.agents.vendor_common import _resampler
+
+        self.rate = rate
+        self._rs = None if rate == 8000 else _resampler(8000, rate)
+        self._out = bytearray()
+
+    def convert(self, pcm: memoryview | bytes) -> memoryview:
+        view = memoryview(pcm).cast("B")
+        if self._rs is None:
+            return view
+        need = view.nbytes * self.rate // 8000
+        if len(self._out) != need:
+            self._out = bytearray(need)
+        self._rs.process(view, self._out)
+        return memoryview(self._out)

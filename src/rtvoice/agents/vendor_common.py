@@ -119,26 +119,30 @@ class ToUlaw8k:
 class FromPcm8k:
     """Caller audio (int16 PCM at 8 kHz, as the call hands it over) -> int16 PCM at ``rate``, streaming."""
 
-    __slots__ = ("_out", "_rs", "rate")
+    __slots__ = ("_out", "_rs", "_view", "rate")
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self._rs = None if rate == 8000 else _resampler(8000, rate)
         self._out = bytearray()
+        self._view = memoryview(self._out)
 
     def convert(self, pcm: memoryview | bytes) -> memoryview:
         """One frame in; its int16 samples at ``rate`` out, as a byte view.
 
         The view is of a buffer reused on the next call (no allocation per frame): copy it before then.
         """
-        view = memoryview(pcm).cast("B")
-        if self._rs is None:
-            return view
-        need = view.nbytes * self.rate // 8000
+        rs = self._rs
+        if rs is None:
+            return memoryview(pcm).cast("B")
+        # the resampler takes any buffer (the call's int16 view as is); one output buffer and one view of it
+        # are kept for the frame size in use, so a 20 ms frame costs no allocation here
+        need = (pcm.nbytes if type(pcm) is memoryview else len(pcm)) * self.rate // 8000
         if len(self._out) != need:
             self._out = bytearray(need)
-        self._rs.process(view, self._out)
-        return memoryview(self._out)
+            self._view = memoryview(self._out)
+        rs.process(pcm, self._out)
+        return self._view
 
 
 def clamp_audio_end_ms(heard_ms: int, produced_ms: float) -> int:
