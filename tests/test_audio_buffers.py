@@ -206,3 +206,7 @@ def test_jitter_output_is_a_gapless_ordered_timeline(n: int, data, window: int) 
     for s, payload, filled in released:
         assert payload == (b"\xff" * 160 if filled else bytes([s % 256]) * 160)
     assert j.frames_out == len(released)
+    # the gap counters (push and flush share one gap-fill helper): every counted hole released >= 1 silence
+    assert j.filled == sum(1 for _, _, filled in released if filled)
+    assert j.gaps <= j.filled and (j.gaps == 0) == (j.filled == 0)
+    assert j.resyncs == 0

@@ -3,7 +3,11 @@
 ``EchoCancellerCore.fast`` (default on) runs the whole-frame filter/NLMS kernels, the correlation vectorised
 over lags and the exact skips (zero taps, an all-zero reference window, a silent mic with zero taps); off, the
 per-sample reference loops. Two cores fed the same frames must give the same output samples, flags, taps,
-per-lag bounds and detector state, frame after frame, whatever the mix of echo, silence, speech and loss.
+per-lag bounds and detector state, frame after frame, whatever the mix of echo, silence, speech and loss
+(``last_ey``, the echo estimate's energy, is a diagnostic no decision reads when the mic is digitally silent;
+the fast path does not compute it on such frames). The reference is run with the same ``adapt_on_silence``
+setting: that one is a behavioural knob (no adaptation on an all-zero mic frame, default since issue 7),
+judged by the quality matrix, not an optimisation.
 """
 
 from __future__ import annotations
@@ -42,17 +46,18 @@ def _state(ec: _dsp.EchoCancellerCore) -> tuple[object, ...]:
         ec.dt_frames,
         ec.last_ed,
         ec.last_ee,
-        ec.last_ey,
+        ec.last_ey if ec.last_ed > 0.0 else None,
         ec.last_ex,
         ec.last_pub,
         ec.erle_db,
     )
 
 
-def _pair(taps: int = 48) -> tuple[_dsp.EchoCancellerCore, _dsp.EchoCancellerCore]:
+def _pair(taps: int = 48, adapt_on_silence: int = 0) -> tuple[_dsp.EchoCancellerCore, _dsp.EchoCancellerCore]:
     fast = _dsp.EchoCancellerCore(taps, 350, 0.4, 6.0)
     slow = _dsp.EchoCancellerCore(taps, 350, 0.4, 6.0)
     slow.fast = False
+    fast.adapt_on_silence = slow.adapt_on_silence = adapt_on_silence
     assert fast.fast and not slow.fast
     return fast, slow
 
@@ -78,12 +83,14 @@ plans = st.lists(
 
 
 @settings(max_examples=30, deadline=None)
-@given(plan=plans, seed=st.integers(0, 2**16), taps=st.sampled_from([48, 48, 32, 64]))
+@given(
+    plan=plans, seed=st.integers(0, 2**16), taps=st.sampled_from([48, 48, 32, 64]), adapt_on_silence=st.booleans()
+)
 def test_fast_paths_are_bit_identical_to_the_reference_loops(
-    plan: list[tuple[int, str, str, bool]], seed: int, taps: int
+    plan: list[tuple[int, str, str, bool]], seed: int, taps: int, adapt_on_silence: bool
 ) -> None:
     rng = np.random.default_rng(seed)
-    fast, slow = _pair(taps)
+    fast, slow = _pair(taps, int(adapt_on_silence))
     out_f = bytearray(2 * FRAME)
     out_s = bytearray(2 * FRAME)
     delay = int(rng.integers(0, 2400))
@@ -155,3 +162,26 @@ def test_fast_switch_can_change_mid_call() -> None:
         assert fast.process(mic, ref, out_f) == slow.process(mic, ref, out_s), k
         assert out_f == out_s, k
         assert _state(fast) == _state(slow), k
+
+
+def test_no_adaptation_on_a_digitally_silent_mic() -> None:
+    """An all-zero mic frame (a muted or silence-suppressed caller leg) does not unlearn the echo path; with
+    adapt_on_silence (the behaviour before issue 7) the taps decay towards zero output."""
+    kept = _dsp.EchoCancellerCore()
+    decayed = _dsp.EchoCancellerCore()
+    decayed.adapt_on_silence = 1
+    out = bytearray(2 * FRAME)
+    for k in range(200):  # learn a 50 ms echo path
+        ref = _frame(BOT, k)
+        mic = _frame(np.roll(BOT, 400), k, 0.5)
+        kept.process(mic, ref, out)
+        decayed.process(mic, ref, out)
+    learned = np.array(kept.taps_copy())
+    assert np.abs(learned).max() > 0.1
+    assert kept.taps_copy() == decayed.taps_copy()
+    silent = np.zeros(FRAME, np.int16)
+    for k in range(200, 260):
+        kept.process(silent, _frame(BOT, k), out)
+        decayed.process(silent, _frame(BOT, k), out)
+    assert kept.taps_copy() == learned.tolist()
+    assert np.abs(np.array(decayed.taps_copy())).max() < 0.5 * np.abs(learned).max()

@@ -146,6 +146,8 @@ class EchoCancellerCore:
     last_pub: float
     #: issue 7 fast paths (whole-frame kernels, exact skips); False runs the per-sample reference code
     fast: bool
+    #: adapt the NLMS on digitally silent (all-zero) mic frames too (the behaviour before issue 7)
+    adapt_on_silence: int
     def __init__(
         self, taps: int = 48, max_delay_ms: int = 350, mu: float = 0.4, dt_threshold_db: float = 6.0
     ) -> None: ...

@@ -982,6 +982,20 @@ cdef class InboundJitter:
             seq += 1
         self._expected = seq
 
+    cdef _fill_to(self, object s, list out, bint fill):
+        # the hole from the next expected frame up to ``s`` (the oldest held frame) is given up on: released as
+        # μ-law silence (``fill``) or skipped (a resync), then the held frames from ``s`` on that are in order
+        cdef object exp = self._expected
+        if s > exp:
+            self.gaps += 1
+            if fill:
+                self.filled += s - exp
+                while exp < s:
+                    out.append((exp, self._silence, True))
+                    exp += 1
+        self._expected = s
+        self._release_until_blocked(out)
+
     def push(self, seq, payload):
         """Add inbound frame number ``seq``; returns the frames now released, in order.
 
@@ -992,7 +1006,7 @@ cdef class InboundJitter:
         cdef list out = []
         cdef object exp = self._expected
         cdef object last, s
-        cdef long long gap
+        cdef bint fill
         self.frames_in += 1
         if exp is None:
             self._expected = exp = seq
@@ -1014,46 +1028,21 @@ cdef class InboundJitter:
         if last - exp >= self.window:
             # the missing frame(s) did not arrive within the window: fill the holes up to the oldest held frame
             s = min(self._pending)
-            gap = s - exp
-            self.gaps += 1
-            if gap > self.max_fill:
+            fill = s - exp <= self.max_fill
+            if not fill:
                 self.resyncs += 1  # a jump too long to fill (e.g. a restarted counter): skip ahead
-            else:
-                while exp < s:
-                    out.append((exp, self._silence, True))
-                    exp += 1
-                self.filled += gap
-            self._expected = s
-            self._release_until_blocked(out)
+            self._fill_to(s, out, fill)
             # later holes inside the window may now also be overdue
             while self._pending and max(self._pending) - self._expected >= self.window:
-                s = min(self._pending)
-                self.gaps += 1
-                self.filled += s - self._expected
-                exp = self._expected
-                while exp < s:
-                    out.append((exp, self._silence, True))
-                    exp += 1
-                self._expected = s
-                self._release_until_blocked(out)
+                self._fill_to(min(self._pending), out, True)
         self.frames_out += len(out)
         return out
 
     def flush(self):
         """Release everything held (end of stream), filling holes with silence."""
         cdef list out = []
-        cdef object s, exp
         while self._pending:
-            s = min(self._pending)
-            exp = self._expected
-            if s > exp:
-                self.gaps += 1
-                self.filled += s - exp
-                while exp < s:
-                    out.append((exp, self._silence, True))
-                    exp += 1
-                self._expected = s
-            self._release_until_blocked(out)
+            self._fill_to(min(self._pending), out, True)
         self.frames_out += len(out)
         return out
 
@@ -1263,6 +1252,8 @@ cdef class EchoCancellerCore:
     #: reference window all zero: nothing can echo; a silent mic with zero taps: the NLMS step is a no-op).
     #: Off: the per-sample reference code. Both give bit-identical results (tests/test_echo_fastpath.py).
     cdef public bint fast
+    #: adapt the NLMS on digitally silent (all-zero) mic frames too (before issue 7 it did; default off)
+    cdef public int adapt_on_silence
     cdef int hzero        # the taps are known to be all zero
     cdef int xzero        # trailing zero samples of the reference history (capped at xlen)
     cdef int nref, ref_i
@@ -1329,6 +1320,7 @@ cdef class EchoCancellerCore:
         self.ub = <float *>PyMem_Malloc(self.nlag * sizeof(float))
         self.yest = <float *>PyMem_Malloc(_EC_FRAME * sizeof(float))
         self.fast = 1
+        self.adapt_on_silence = 0
         if (self.yest == NULL or self.xbuf == NULL or self.h == NULL or self.renv == NULL or self.corr == NULL
                 or self.eref == NULL or self.e1 == NULL or self.bener == NULL or self.wwin == NULL
                 or self.ub == NULL):
@@ -1479,7 +1471,7 @@ cdef class EchoCancellerCore:
         cdef float *e1 = self.e1
         cdef float acc, v, m, xs, g, norm, reg = L * 900.0, blk_r, blk_m, blk_e
         cdef double ed = 0.0, ee = 0.0, ey = 0.0, ex = 0.0, xe = 0.0, xmax, s, p, rr, pred, scale, bgn
-        cdef int nearend, ref_active, above, flags = 0, converged, k, k0, k1
+        cdef int nearend, ref_active, above, flags = 0, converged, k, k0, k1, mic_zero
         cdef double w, pub, um, lo
         cdef float *wwin = self.wwin
         cdef float *ub = self.ub
@@ -1583,9 +1575,17 @@ cdef class EchoCancellerCore:
         # 3. pass 1: echo estimate with the current taps, residual, energies
         base0 = self.xlen - n - self.delay - L + 1
         xs = rtv_ec_dot(x + base0, x + base0, L)
+        mic_zero = 1
+        for i in range(n):
+            if d[i] != 0:
+                mic_zero = 0
+                break
         if fast:
-            if self.hzero or self.xzero >= n + self.delay + L - 1:
-                # zero taps, or a reference window of zeros: every echo estimate is exactly 0
+            if self.hzero or self.xzero >= n + self.delay + L - 1 or mic_zero:
+                # zero taps, or a reference window of zeros: every echo estimate is exactly 0. A silent mic
+                # (digital silence): the residual is the mic itself whatever the estimate (a non-zero estimate
+                # makes ee > ed and passes the mic through below), and with ed == 0 no decision reads the
+                # estimate's energy ey (so last_ey reads 0 on such frames instead of the estimate's energy)
                 for i in range(n):
                     yest[i] = 0.0
             else:
@@ -1637,12 +1637,14 @@ cdef class EchoCancellerCore:
         # the near-end decision, which is 1 whenever no echo is possible)
         above = self.bg <= 0.0 or ee > self.bg_ratio * bgn
         # reference energy of the 20 ms window at each lag (2 ms steps), for the per-lag echo-gain bound
-        w = 0.0
-        for b in range(NR - _EC_BPF, NR):
-            w += self.bener[b]
-        for lag in range(self.nlag):
-            wwin[lag] = <float>(w if w > 0.0 else 0.0)
-            w += self.bener[NR - _EC_BPF - lag - 1] - self.bener[NR - lag - 1]
+        # (read only while bot audio can echo: the fast path leaves it stale otherwise)
+        if ref_active or not fast:
+            w = 0.0
+            for b in range(NR - _EC_BPF, NR):
+                w += self.bener[b]
+            for lag in range(self.nlag):
+                wwin[lag] = <float>(w if w > 0.0 else 0.0)
+                w += self.bener[NR - _EC_BPF - lag - 1] - self.bener[NR - lag - 1]
         converged = (self.locked and self.n_al >= 25 and self.s_ee > 0.0 and self.s_ed > 3.0 * self.s_ee)
         pub = 0.0
         if not ref_active:
@@ -1773,7 +1775,11 @@ cdef class EchoCancellerCore:
         # 5. pass 2: NLMS adaptation, frozen during (and just after) double talk
         # (only when the aligned reference is loud enough to teach anything: fitting noise to a near-silent
         # reference is how an NLMS drifts; the regularisation also scales with the residual noise level)
-        if ref_active and self.since_dt > 2 and ex > n * 900.0 and fast:
+        # (and, unless adapt_on_silence, not on a digitally silent mic: an all-zero frame says the caller's leg
+        # is muted or suppressed, not that the echo path is gone; adapting on it unlearned the path)
+        if mic_zero and not self.adapt_on_silence:
+            pass
+        elif ref_active and self.since_dt > 2 and ex > n * 900.0 and fast:
             if not (self.hzero and ed == 0.0):
                 # (zero taps and a silent mic: every step is g = 0, the taps stay exactly zero)
                 reg = <float>(L * (900.0 + 4.0 * self.noise / n))

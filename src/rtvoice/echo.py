@@ -22,12 +22,17 @@ when it played, so it can subtract the echo:
   residual test is blunted by a noisy line, and one holding hardly more than it (mic < 1.1 x (estimate +
   background)) is not, even when the residual jumped because the echo slipped by a few ms (a playout
   underrun, jitter at the I/O edge).
-  Adaptation freezes during double talk; a lost inbound frame advances the reference without adapting.
+  Adaptation freezes during double talk and on digitally silent (all-zero) mic frames (a muted or
+  silence-suppressed caller leg says nothing about the echo path; adapting on it unlearned the path); a lost
+  inbound frame advances the reference without adapting.
   Echo-only frames are brought down to the noise level (residual echo suppression), so a VAD run on the
   output sees the caller, not the bot; the frame right after double talk passes unsuppressed (a flickering
   detector must not break the VAD's onset run). A converged filter keeps its window when the delay estimate
   wobbles by a block and moving would drop the taps holding the echo path. About 5 µs per frame per call
-  while adapting (``python -m rtvoice bench quality`` measures it).
+  while adapting on an echo (``python -m rtvoice bench quality`` measures it); far less when there is nothing
+  to cancel: the compiled core skips the arithmetic whose result is known exactly (zero taps, an all-zero
+  reference window, a silent mic), bit-identical to its per-sample reference loops (issue 7;
+  ``bench/test_bench_echo_cost.py``, ``tests/test_echo_fastpath.py``).
 * The gate's per-frame work (reference lookup in the outbound ring, μ-law decode, cancellation, the history
   bits ``allow`` reads) is one compiled call (``rtvoice._dsp.EchoGateCore``): about 0.5 µs on top of the
   canceller.
