@@ -173,3 +173,40 @@ async def test_drop_with_appends_pending_reconnects_in_order(monkeypatch: pytest
             assert sink.faults() == [("dropped", False)]
         finally:
             await agent.close()
+
+
+async def test_burst_waiting_too_long_is_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end-of-iteration wait is bounded (``_Flusher.max_wait_ns``): an append queued after the oldest
+    queued one has waited longer writes the whole burst then, in order, without waiting for the iteration to
+    end."""
+    from rtvoice.agents import openai_realtime as ort
+
+    monkeypatch.setenv("RTVOICE_FASTPATH", "1")
+    async with OpenAIRealtimeEmulator([], config=OpenAIEmulatorConfig()) as emu:
+        settings = Settings(agent="openai", openai_api_key="sk-test", openai_websocket_base_url=emu.url)
+        a1, _ = await start_agent(OpenAIRealtimeAgent(settings), CALL)
+        a2, _ = await start_agent(OpenAIRealtimeAgent(settings), CALL)
+        flusher = ort._flusher(asyncio.get_running_loop())
+        try:
+            s1, s2 = await emu.wait_for_session(1), await emu.wait_for_session(2)
+            await wait_until(lambda: not (a1.core.outbox or a2.core.outbox or a1.link._pend or a2.link._pend))
+            flusher.max_wait_ns = 10**9  # within the bound: both wait for the end of the iteration
+            for a, base in ((a1, 0), (a2, 2)):
+                a.send_audio(_marker(base), memoryview(b""))
+                a.send_audio(_marker(base + 1), memoryview(b""))
+            assert a1.link._pend and a2.link._pend
+            await wait_until(lambda: not (a1.link._pend or a2.link._pend))
+            flusher.max_wait_ns = 0  # every append finds the oldest one waited too long
+            a1.send_audio(_marker(4), memoryview(b""))
+            a1.send_audio(_marker(5), memoryview(b""))
+            assert a1.link._pend  # the first of a burst waits
+            a2.send_audio(_marker(6), memoryview(b""))
+            a2.send_audio(_marker(7), memoryview(b""))
+            assert not a1.link._pend and not a2.link._pend  # written at once, both
+            await emu.wait_for(lambda: len(_appended(s1.received)) >= 2 and len(_appended(s2.received)) >= 2)
+            assert _appended(s1.received) == [_marker(0) + _marker(1), _marker(4) + _marker(5)]
+            assert _appended(s2.received) == [_marker(2) + _marker(3), _marker(6) + _marker(7)]
+        finally:
+            flusher.max_wait_ns = ort._Flusher.MAX_WAIT_NS
+            await a1.close()
+            await a2.close()

@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 import weakref
 from binascii import b2a_base64
 from collections import deque
@@ -573,18 +574,37 @@ class _Flusher:
     process asleep in ``epoll`` costs ~20-29 µs on this VM (the wake-up IPI), one made while it is still awake
     ~6-10 µs; the appends of a burst mostly find it awake. Costs the rest of the iteration in latency, which the
     load probe counts (``RealtimeLink._probe_t0s``, :meth:`rtvoice.server.loadprobe.LoadProbe.defer`).
+
+    The wait is bounded: an iteration that works through a backlog (the process was descheduled, a GC pause)
+    can take tens of ms, so once the oldest queued append has waited ``max_wait_ns`` the next one flushes
+    everything queued at once (at 400 calls ~20 frames arrive per ms: bursts of ~5 appends at 0.5 ms).
     """
 
-    __slots__ = ("links", "loop", "scheduled")
+    __slots__ = ("first_ns", "links", "loop", "max_wait_ns", "scheduled")
+
+    #: Longest an append waits for the end of the iteration before the burst is written anyway.
+    MAX_WAIT_NS = 500_000
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # weak: the flusher is the value of a WeakKeyDictionary keyed by this loop
         self.loop = weakref.ref(loop)
         self.links: list[RealtimeLink] = []
         self.scheduled = False
+        self.first_ns = 0
+        self.max_wait_ns = self.MAX_WAIT_NS
 
     def add(self, link: RealtimeLink) -> None:
-        self.links.append(link)
+        links = self.links
+        if links:
+            if _perf_ns() - self.first_ns > self.max_wait_ns:
+                links.append(link)
+                self.links = []
+                for queued in links:
+                    queued._flush_pending()
+                return  # the call_soon already scheduled finds nothing (or what comes after) and is harmless
+        else:
+            self.first_ns = _perf_ns()
+        links.append(link)
         if not self.scheduled:
             loop = self.loop()
             if loop is None or loop.is_closed():  # pragma: no cover - a link outliving its loop
@@ -595,6 +615,7 @@ class _Flusher:
             loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        """The end-of-iteration callback: write every queued append, link by link, in queueing order."""
         links = self.links
         self.links = []
         self.scheduled = False
@@ -602,6 +623,7 @@ class _Flusher:
             link._flush_pending()
 
 
+_perf_ns = time.perf_counter_ns
 _FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
 
 
@@ -720,13 +742,15 @@ class RealtimeLink:
         if len(audio) >= self._batch_bytes:
             if self.connected and not self.core.outbox and self._ws is not None and not self._sending:
                 pend = self._pend
-                if not pend:
-                    self._flusher_.add(self)  # type: ignore[union-attr]  # set with _ws, in _open
+                first = not pend
                 pend.append(_APPEND_PREFIX_B + b2a_base64(audio, newline=False) + _APPEND_SUFFIX_B)
                 audio.clear()
-                probe = _loadprobe.PROBE
-                if probe is not None:
-                    probe.defer(self._probe_t0s)
+                if first:
+                    self._flusher_.add(self)  # type: ignore[union-attr]  # set with _ws, in _open
+                if pend:  # still queued (add() writes at once when the burst has waited long enough)
+                    probe = _loadprobe.PROBE
+                    if probe is not None:
+                        probe.defer(self._probe_t0s)
                 return
             self._wake.set()
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -538,6 +539,12 @@ class Row:
     marks: int
     limit: str
     passed: bool
+    #: Server CPU per inbound frame of the window (µs).
+    us_per_frame: float = 0.0
+    #: The socket floor at the same call count (:func:`measure_floor`, µs per frame); 0 = not measured.
+    floor_us_per_frame: float = 0.0
+    #: p99 of the wait between a frame's end and the write of its deferred vendor append (ms; 0 if none).
+    defer_p99_ms: float = 0.0
 
     @classmethod
     def failed(cls, mode: str, calls: int, limit: str) -> Row:
@@ -591,6 +598,215 @@ class _Proc:
                 self.p.wait()
 
 
+# --- the socket floor (runs in its own processes) -----------------------------------------------------------
+#
+# What the syscalls alone cost on this host: a process pinned to the server's core that does nothing but what
+# rtvoice's media path must do per frame at the socket level, at the same call count and frame rate: read one
+# Twilio-sized WebSocket frame per call every 20 ms (the calls spread over the 20 one-millisecond slots, as
+# the generator does) and write one vendor-sized append (2 frames of audio, masked text frame) per call every
+# second frame to a reader on the other core. No parsing, no audio, no JSON: the bytes are precomputed. Its
+# CPU per inbound frame is the floor any server pays here (loopback TCP: the kernel's receive side of each
+# send is partly charged to the sender). The reader parses each append as JSON (a vendor does at least that).
+# ``flush``: "iteration" writes the appends read in one event-loop iteration back to back at its end (as
+# rtvoice's OpenAI link does since this round), "immediate" writes each as its frame is read.
+
+
+def _floor_frames(mode: str) -> tuple[bytes, bytes]:
+    """(Twilio media frame as the server receives it, vendor append as the server sends it) for ``mode``."""
+    payload = base64.b64encode(b"\xff" * 160)
+    media = _client_frame(MEDIA_FMT % (12345, b"MZ" + b"0" * 32, 12344, 246880, payload))
+    audio = b"\0" * (320 if mode != "pcm" else 1920)  # 2 frames: μ-law 8 kHz, or 16-bit PCM 24 kHz
+    append = b'{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio) + b'"}'
+    return media, _client_frame(append)
+
+
+def _floor_server_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m rtvoice.bench.load floor-server")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--sink-port", type=int, required=True)
+    p.add_argument("--mode", default="pcmu")
+    p.add_argument("--flush", choices=("iteration", "immediate"), default="iteration")
+    p.add_argument("--work-us", type=float, default=0.0,
+                   help="busy CPU per frame (a model of the server's own work; 0 = the floor)")
+    args = p.parse_args(argv)
+    import resource
+
+    import uvloop
+
+    media, append = _floor_frames(args.mode)
+    flen = len(media)
+    state = {"frames": 0}
+    pending: list[asyncio.Transport] = []
+    immediate = args.flush == "immediate"
+    work_s = args.work_us / 1e6
+    clock = time.perf_counter
+
+    def flush() -> None:
+        for tr in pending:
+            tr.write(append)
+        pending.clear()
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+
+    class Call(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.buf = 0
+            self.n = 0
+            self.vendor: Any = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            loop = asyncio.get_running_loop()
+
+            async def dial() -> None:
+                _, sink = await loop.create_connection(Sink, "127.0.0.1", args.sink_port)
+                self.vendor = sink.transport
+
+            self.dialing = loop.create_task(dial())
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += len(data)
+            while self.buf >= flen:
+                self.buf -= flen
+                self.n += 1
+                state["frames"] += 1
+                if work_s:
+                    until = clock() + work_s
+                    while clock() < until:
+                        pass
+                if self.n & 1 == 0 and self.vendor is not None:
+                    if immediate:
+                        self.vendor.write(append)
+                    else:
+                        if not pending:
+                            asyncio.get_running_loop().call_soon(flush)
+                        pending.append(self.vendor)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Call, "127.0.0.1", args.port, backlog=4096)
+
+        def on_stdin() -> None:
+            line = sys.stdin.readline().strip()
+            if line == "mark":
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                _emit({"mark": {"frames": state["frames"], "cpu_s": ru.ru_utime + ru.ru_stime}})
+            elif not line or line == "stop":
+                server.close()
+                stop.set_result(None)
+
+        stop: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sys.stdin.fileno(), on_stdin)
+        _emit({"ready": True})
+        await stop
+
+    uvloop.run(main())
+    return 0
+
+
+def _floor_peer_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m rtvoice.bench.load floor-peer")
+    p.add_argument("--sink-port", type=int, required=True)
+    p.add_argument("--mode", default="pcmu")
+    args = p.parse_args(argv)
+    import uvloop
+
+    media, append = _floor_frames(args.mode)
+    alen = len(append)
+    hlen = 2 + (2 if append[1] & 0x7F == 126 else 8 if append[1] & 0x7F == 127 else 0) + 4  # header + key
+
+    class Sink(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.buf = b""
+
+        def data_received(self, data: bytes) -> None:
+            buf = self.buf + data
+            while len(buf) >= alen:
+                json.loads(buf[hlen:alen])  # the zero key: the payload is plain JSON
+                buf = buf[alen:]
+            self.buf = buf
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_server(Sink, "127.0.0.1", args.sink_port, backlog=4096)
+        _emit({"ready": True})
+        calls: list[list[asyncio.Transport]] = [[] for _ in range(SLOTS)]
+        ticker: asyncio.Task[None] | None = None
+
+        async def tick() -> None:
+            t = loop.time()
+            k = 0
+            while True:
+                t += FRAME_S / SLOTS
+                await asyncio.sleep(max(0.0, t - loop.time()))
+                for tr in calls[k % SLOTS]:
+                    tr.write(media)
+                k += 1
+
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            cmd = line.split()
+            if not cmd or cmd[0] == "stop":
+                return
+            if cmd[0] == "connect":
+                port, n = int(cmd[1]), int(cmd[2])
+                for i in range(n):
+                    tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+                    calls[i % SLOTS].append(tr)
+                if ticker is None:
+                    ticker = loop.create_task(tick())
+                _emit({"connected": n})
+
+    uvloop.run(main())
+    return 0
+
+
+def measure_floor(
+    mode: str, n_calls: int, args: argparse.Namespace, flush: str = "iteration", work_us: float = 0.0
+) -> dict[str, float]:
+    """The socket floor at ``n_calls`` (see the section comment): server-core CPU µs per inbound frame.
+    ``work_us`` adds that much busy CPU per frame (a model of the server's own work, to see how spacing the
+    writes changes their cost; subtract it from the result)."""
+    sink_port, port = _free_port(), _free_port()
+    mod = [sys.executable, "-m", "rtvoice.bench.load"]
+    peer = _Proc([*mod, "floor-peer", "--sink-port", str(sink_port), "--mode", mode], dict(os.environ),
+                 args.other_core, pipe=True)
+    server: _Proc | None = None
+    try:
+        peer.read("ready", 30)
+        server = _Proc([*mod, "floor-server", "--port", str(port), "--sink-port", str(sink_port), "--mode", mode,
+                        "--flush", flush, "--work-us", str(work_us)], dict(os.environ), args.server_core,
+                       pipe=True)
+        server.read("ready", 30)
+        peer.send(f"connect {port} {n_calls}")
+        peer.read("connected", 60 + n_calls / 10)
+        time.sleep(min(2.0, args.warmup))
+        server.send("mark")
+        m0 = server.read("mark", 10)["mark"]
+        runq0 = _proc_runq_s(server.p.pid)
+        t0 = time.monotonic()
+        time.sleep(max(1.0, min(5.0, args.duration)))
+        server.send("mark")
+        m1 = server.read("mark", 10)["mark"]
+        wall = time.monotonic() - t0
+        runq1 = _proc_runq_s(server.p.pid)
+    finally:
+        for proc in (server, peer):
+            if proc is not None:
+                with contextlib.suppress(Exception):
+                    proc.send("stop")
+                proc.stop()
+    frames = max(1, m1["frames"] - m0["frames"])
+    cpu = m1["cpu_s"] - m0["cpu_s"]
+    return {
+        "us_per_frame": round(cpu / frames * 1e6, 2),
+        "cpu_pct": round(100 * cpu / wall, 1),
+        "frames_per_s": round(frames / wall, 0),
+        "runq_pct": round(100 * (runq1 - runq0) / wall, 1),
+    }
+
+
 def _wait_http(url: str, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while True:
@@ -613,6 +829,15 @@ def _latency(snapshot: dict[str, Any]) -> tuple[float, float, float, float, floa
     p99 = lp.quantile_us(dist, 0.99) / 1000
     mx = (snapshot["loop_lag"]["max_ns"] + snapshot["frame"]["max_ns"]) / 1e6
     return p50, p99, mx, lp.percentile_us(lag, 0.99) / 1000, lp.percentile_us(proc, 0.99) / 1000
+
+
+def _defer_p99_ms(snapshot: dict[str, Any]) -> float:
+    from rtvoice.server import loadprobe as lp
+
+    defer = snapshot.get("send_defer")  # absent from a baseline tree's probe
+    if not defer or not defer["count"]:
+        return 0.0
+    return lp.percentile_us({int(k): v for k, v in defer["buckets"].items()}, 0.99) / 1000
 
 
 class Scenario:
@@ -776,6 +1001,8 @@ class Scenario:
             marks=sum(int(w["marks_echoed"]) for w in windows),
             limit="",
             passed=False,
+            us_per_frame=round(1e6 * (cpu1 - cpu0) / max(1, sum(int(w["frames_sent"]) for w in windows)), 1),
+            defer_p99_ms=round(_defer_p99_ms(snap), 3),
         )
         ok_server = row.p99_ms <= args.budget_ms and row.dropped == 0 and row.lost == 0 and row.late == 0
         # A failed step is blamed on whichever process could not keep up: the generator when its own sends
@@ -829,18 +1056,32 @@ def format_table(rows: list[Row]) -> str:
     head = (
         "| mode | calls | p50 ms | p99 ms | max ms | wait p99 | proc p99 | dropped | late | lost "
         "| server CPU % | RSS MB | RSS/call KB | vendor CPU % | gen CPU % | gen lag p99 ms "
-        "| GC max ms (gen2) | run-queue wait % | pass |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "| GC max ms (gen2) | run-queue wait % | pass | CPU µs/frame | socket floor µs/frame | floor share "
+        "| send defer p99 ms |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:"
+        "|---:|\n"
     )
     lines = [
         f"| {r.mode} | {r.calls} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} | {r.wait_p99_ms:.2f} "
         f"| {r.proc_p99_ms:.2f} | {r.dropped} | {r.late} | {r.lost} | {r.cpu_pct:.0f} | {r.rss_mb:.0f} "
         f"| {r.rss_per_call_kb:.0f} | {r.vendor_cpu_pct:.0f} | {r.gen_cpu_pct:.0f} | {r.gen_lag_p99_ms:.1f} "
         f"| {r.gc_max_ms:.1f} ({r.gc_gen2}) | {r.runq_pct:.1f} "
-        f"| {'yes' if r.passed else 'no (' + (r.limit or 'budget') + ')'} |"
+        f"| {'yes' if r.passed else 'no (' + (r.limit or 'budget') + ')'} "
+        f"| {r.us_per_frame:.1f} | {_floor_cell(r)} | {_floor_share(r)} | {r.defer_p99_ms:.2f} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
+
+
+def _floor_cell(r: Row) -> str:
+    return f"{r.floor_us_per_frame:.1f}" if r.floor_us_per_frame else "-"
+
+
+def _floor_share(r: Row) -> str:
+    """The floor as a share of the server's CPU per frame: how much of the cost is the syscalls alone."""
+    if not r.floor_us_per_frame or not r.us_per_frame:
+        return "-"
+    return f"{100 * r.floor_us_per_frame / r.us_per_frame:.0f} %"
 
 
 def calls_per_core(rows: list[Row]) -> dict[str, int]:
@@ -925,6 +1166,11 @@ def run_load(args: argparse.Namespace) -> list[Row]:
                     row = Row.failed(mode, n, "server (unresponsive)")
                     rows.append(row)
                     break
+                if getattr(args, "floor", False) and mode != "echo" and row.connected:
+                    try:
+                        row.floor_us_per_frame = measure_floor(mode, n, args)["us_per_frame"]
+                    except (OSError, TimeoutError, RuntimeError) as exc:
+                        print(f"{mode} {n} calls: socket floor not measured: {exc}", flush=True)
                 rows.append(row)
                 print(format_table([row]).splitlines()[-1], flush=True)
                 # stop at the server's first failure (or its second with --keep-going); a step the machine
@@ -962,6 +1208,14 @@ def write_report(rows: list[Row], args: argparse.Namespace) -> str:
             f"- {MODE_TITLE[mode]}: **{n}** (CPU-bound estimate: {cap.get(mode, 0)} calls at 100 % of a core)"
         )
     lines += ["", format_table(rows)]
+    if any(r.floor_us_per_frame for r in rows):
+        lines += [
+            "Socket floor: a process on the server's core doing only the per-frame syscalls of the openai modes "
+            "(read one Twilio-sized frame per call every 20 ms, write one vendor-sized append per call every "
+            "second frame to a reader on the other core, appends of one loop iteration written together), at "
+            "the step's call count; floor share = floor / server CPU per frame.",
+            "",
+        ]
     text = "\n".join(lines)
     (out / "load.md").write_text(text)
     (out / "load.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
@@ -1010,6 +1264,28 @@ def run_ab(args: argparse.Namespace) -> str:
             f"| {mode} | {'on' if fast else 'off'} | {', '.join(f'{c:.0f}' for c in cpus)} | {min(cpus):.0f} "
             f"| {per_frame:.1f} | {', '.join(f'{r.p99_ms:.2f}' for r in rows)} |"
         )
+    if getattr(args, "floor", False):
+        lines.append("")
+        for mode in args.modes:
+            if mode == "echo":
+                continue
+            try:
+                fl = {f: measure_floor(mode, args.ab, args, flush=f) for f in ("iteration", "immediate")}
+            except (OSError, TimeoutError, RuntimeError) as exc:
+                lines.append(f"- {mode}: socket floor not measured ({exc})")
+                continue
+            best = {fast: min(r.us_per_frame or r.cpu_pct / 100 / (args.ab * 50) * 1e6 for r in rows)
+                    for (m, fast), rows in results.items() if m == mode}
+            floor_us = fl["iteration"]["us_per_frame"]
+            servers = ", ".join(
+                f"{'on' if k else 'off'} {v:.1f} µs/frame ({100 * floor_us / v:.0f} % of it is the floor)"
+                for k, v in best.items()
+            )
+            lines.append(
+                f"- {mode}: socket floor at {args.ab} calls {floor_us:.1f} µs/frame "
+                f"(appends of an iteration written together; {fl['immediate']['us_per_frame']:.1f} written one "
+                f"by one; run-queue wait {fl['iteration']['runq_pct']:.1f} %); server min {servers}"
+            )
     text = "\n".join(lines) + "\n"
     (out / "ab.md").write_text(text)
     (out / "ab.json").write_text(
@@ -1045,6 +1321,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-at", default="", help="comma list of call counts to profile with py-spy")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument("--threads", action="store_true", help="py-spy --threads (thread ids in the stacks)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="after each openai step (and once per mode with --ab) measure the socket floor at the same "
+                        "call count: a process on the server core doing only the per-frame syscalls (~8 s)")
     p.add_argument("--out", default="bench-load", help="output directory (load.md, load.png, load.json)")
 
 
@@ -1078,6 +1357,10 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "gen":
         sys.exit(_gen_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "floor-server":
+        sys.exit(_floor_server_main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "floor-peer":
+        sys.exit(_floor_peer_main(sys.argv[2:]))
     parser = argparse.ArgumentParser(prog="python -m rtvoice.bench.load")
     configure(parser)
     sys.exit(run(parser.parse_args()))
