@@ -1321,9 +1321,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-at", default="", help="comma list of call counts to profile with py-spy")
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument("--threads", action="store_true", help="py-spy --threads (thread ids in the stacks)")
-    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
-                   help="after each openai step (and once per mode with --ab) measure the socket floor at the same "
-                        "call count: a process on the server core doing only the per-frame syscalls (~8 s)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the socket floor at the same call count (a process on the server core doing only "
+                        "the per-frame syscalls, ~8 s): after each openai step of the ramp (default on), once per "
+                        "mode after an --ab comparison (default off: ~100 s, both ways of writing)")
     p.add_argument("--out", default="bench-load", help="output directory (load.md, load.png, load.json)")
 
 
@@ -1347,8 +1348,10 @@ def run(args: argparse.Namespace) -> int:
     if max(args.server_core, args.other_core) >= cores:
         args.server_core, args.other_core = 0, 0
     if args.ab:
+        args.floor = bool(args.floor)
         print(run_ab(args))
         return 0
+    args.floor = args.floor is None or args.floor
     rows = run_load(args)
     print(write_report(rows, args))
     return 0
