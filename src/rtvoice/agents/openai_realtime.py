@@ -23,6 +23,11 @@ frame per message halves the batching delay (20 ms less worst-case latency to th
 messages, JSON/base64 work and syscalls per call; 40 ms is the middle ground (the OpenAI Agents SDK's Twilio
 example buffers 50 ms). Server VAD waits ~500 ms of silence anyway, so 20 ms of batching is ~4 % of the turn
 gap.
+
+Uplink writes: when nothing else is queued, a full batch becomes an append queued on the link and written at
+the end of the event-loop iteration together with every other link's (:class:`_Flusher`, at most 0.5 ms
+later), so the vendor's process is woken once per burst instead of once per append; the sender task sends
+anything else, after the queued appends. The load probe counts that wait as server-added latency.
 """
 
 from __future__ import annotations
@@ -789,7 +794,8 @@ class RealtimeLink:
         conn = self._conn
         ws = getattr(conn, "_connection", None)
         needed = (
-            hasattr(conn, "_send_queue") and hasattr(conn, "_is_reconnecting")
+            hasattr(conn, "_send_queue") and hasattr(conn._send_queue, "_queue")
+            and hasattr(conn._send_queue, "_pending") and hasattr(conn, "_is_reconnecting")
             and hasattr(conn, "_intentionally_closed") and hasattr(ws, "protocol") and hasattr(ws, "send_data")
             and hasattr(ws, "send_in_progress") and hasattr(ws, "paused") and hasattr(ws, "transport")
         )
@@ -824,6 +830,9 @@ class RealtimeLink:
         conn = self._conn
         if self._ws is None or conn is None:
             return False
+        # the SendQueue's own ``bool()`` takes a threading lock (~2 % of the loop under load); the async
+        # connection only touches the queue from this thread, so its two fields are read directly: nothing
+        # queued and no batch being flushed (the check ``send_raw`` makes before writing directly)
         q = conn._send_queue
         ws = conn._connection  # looked up each time: the SDK replaces it when it reconnects
         proto = ws.protocol
