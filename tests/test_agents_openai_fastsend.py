@@ -159,9 +159,11 @@ async def test_drop_with_appends_pending_reconnects_in_order(monkeypatch: pytest
             assert link._pend
             sent_before = link.fast_sent
             link._conn._connection.transport.abort()  # the socket dies before the flush runs
+            await asyncio.sleep(0)  # the iteration ends: the flush runs
+            await asyncio.sleep(0)
+            assert link.fast_sent == sent_before  # nothing written to the dead socket
             second = await emu.wait_for_session(2)
             await wait_until(lambda: link.connected and link.reconnects == 1)
-            assert link.fast_sent == sent_before  # nothing written to the dead socket
             await wait_until(lambda: not agent.core.outbox and not link._pend)
             for i in range(2, 8):
                 agent.send_audio(_marker(i), memoryview(b""))
