@@ -185,3 +185,47 @@ def test_no_adaptation_on_a_digitally_silent_mic() -> None:
         decayed.process(silent, _frame(BOT, k), out)
     assert kept.taps_copy() == learned.tolist()
     assert np.abs(np.array(decayed.taps_copy())).max() < 0.5 * np.abs(learned).max()
+
+
+def test_one_call_gate_frame_equals_the_previous_python_loop() -> None:
+    """EchoGateCore.frame_at (ledger position, epoch and lost-frame replay fetched in C) against the Python
+    code EchoAwareGate.frame ran before issue 7 (explicit positions into EchoGateCore.frame/skip): frames
+    before any bot audio, losses of 1-2 frames, a stall longer than MAX_SKIP_FRAMES and a clear."""
+    from rtvoice.audio import ulaw_encode
+    from rtvoice.call.ledger import PlaybackLedger
+    from rtvoice.echo import FRAME_MS, MAX_SKIP_FRAMES, EchoAwareGate
+
+    bot = bytes(ulaw_encode(BOT))
+    la, lb = PlaybackLedger(60), PlaybackLedger(60)
+    gate = EchoAwareGate(la)
+    ring, ec = _dsp.ReferenceRing(), _dsp.EchoCancellerCore()
+    core = _dsp.EchoGateCore(ring, ec)
+    lost = {12, 40, 41, 70} | set(range(100, 131))  # a 31-frame stall: only 25 are replayed
+    for k in range(1, 220):
+        now = k * 20
+        if k == 10:  # the bot starts after the first frames
+            for led, sink in ((la, gate.tap.sent), (lb, ring.sent)):
+                led.sent("a", 0, len(bot), now)
+                sink(bot)
+        if k == 160:
+            la.clear(now - 20)
+            lb.clear(now - 20)
+        if k in lost:
+            continue
+        # the echo of what played (from frame 10 on, 75 ms later, -8 dB), the caller from frame 180
+        echo = _frame(np.roll(BOT, 600), k - 10, 0.4) if k >= 14 else np.zeros(FRAME, np.int16)
+        mic = (echo.astype(np.int32) + (_frame(CALLER, k) if k > 180 else 0)).clip(-32768, 32767).astype(np.int16)
+        view = memoryview(mic).cast("B").cast("h")
+        got = bytes(gate.frame(view, now, True))
+        # the previous Python loop
+        gap = now - core.last_now
+        if gap > FRAME_MS and core.primed:
+            for i in range(min(gap // FRAME_MS - 1, MAX_SKIP_FRAMES), 0, -1):
+                core.skip(lb.played_pos(now - i * FRAME_MS), lb.epoch)
+        unprimed = core.frame(view, lb.played_pos(now), lb.epoch, now) & 8
+        want = bytes(view) if unprimed else bytes(core.out)
+        assert got == want, k
+        assert (gate._core.recent, gate._core.echo_only) == (core.recent, core.echo_only), k
+        assert _state(gate.canceller._core) == _state(ec), k
+    assert gate.frames == core.frames > 150
+    assert gate.canceller.locked and any(gate.canceller.taps)  # it did cancel something

@@ -6,6 +6,8 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer
 
+from rtvoice.call.ledger import PlaybackLedger
+
 # numpy's stubs declare ``__buffer__`` only for Python >= 3.12, so arrays are listed explicitly
 BufferLike: TypeAlias = Buffer | np.ndarray[Any, Any]
 _B = TypeVar("_B", bound=BufferLike)
@@ -183,6 +185,7 @@ class EchoGateCore:
     def __init__(self, ring: ReferenceRing, ec: EchoCancellerCore) -> None: ...
     def skip(self, pos: int, epoch: int) -> None: ...
     def frame(self, mic: BufferLike, pos: int, epoch: int, now: int) -> int: ...
+    def frame_at(self, mic: BufferLike, ledger: PlaybackLedger, now: int) -> int: ...
 
 # per-frame level for the VAD's level gate (rtvoice.vad)
 def frame_abs_sum(pcm: BufferLike, n_samples: int) -> int: ...

@@ -1841,6 +1841,8 @@ cdef enum:
     _RR_BYTES = 1 << 17   # outbound ring: 16.4 s of μ-law, far more than Twilio ever queues
     _RR_MASK = _RR_BYTES - 1
     _EG_UNPRIMED = 8      # EchoGateCore.frame(): no bot audio sent yet, the frame was not processed
+    _EC_FRAME_MS = 20
+    _EG_MAX_SKIP = 25     # lost frames replayed into the canceller at most (longer: the stream stalled)
 
 
 cdef class ReferenceRing:
@@ -1971,10 +1973,33 @@ cdef class EchoGateCore:
         cdef const int16_t *r = self.ring._played(pos, epoch)
         self.ec._skip(r)
 
+    def frame_at(self, mic, object ledger, long long now):
+        """:meth:`frame` with the ledger's position and epoch fetched here, lost frames included: the whole
+        per-frame work of :meth:`rtvoice.echo.EchoAwareGate.frame` in one call (issue 7: no Python-level
+        attribute traffic per frame). ``ledger`` is the call's :class:`rtvoice.call.ledger.PlaybackLedger`.
+        When frames were lost since the previous call (a stream-time gap of more than 20 ms), the canceller's
+        reference still advances by what played meanwhile (at most ``_EG_MAX_SKIP`` frames), or the echo delay
+        would slip by 20 ms per loss."""
+        cdef long long gap = now - self.last_now, i, k
+        if not self.primed:
+            if self.ring.written == 0:
+                return self._frame(mic, 0, 0, now)  # nothing played yet: the position is not needed
+        elif gap > _EC_FRAME_MS:
+            k = gap // _EC_FRAME_MS - 1
+            if k > _EG_MAX_SKIP:
+                k = _EG_MAX_SKIP
+            played_pos = ledger.played_pos
+            for i in range(k, 0, -1):
+                self.ec._skip(self.ring._played(played_pos(now - i * _EC_FRAME_MS), ledger.epoch))
+        return self._frame(mic, ledger.played_pos(now), ledger.epoch, now)
+
     def frame(self, mic, long long pos, long long epoch, long long now):
         """One inbound frame (``mic``: 320 bytes) ending at stream time ``now``, the ledger's played position
         ``pos`` and clear count ``epoch``. Returns the canceller's flag bits, or ``_EG_UNPRIMED`` (8) when no bot
         audio was ever sent (the frame is then not processed: no echo is possible)."""
+        return self._frame(mic, pos, epoch, now)
+
+    cdef int _frame(self, object mic, long long pos, long long epoch, long long now) except -1:
         cdef Py_buffer mv
         cdef int flags, near, echo
         self.last_now = now

@@ -210,6 +210,7 @@ class EchoAwareGate:
         # the per-frame work (reference, cancellation, history bits) is one compiled call
         self._core = _dsp.EchoGateCore(self.tap.ring, self.canceller._core)
         self._out = memoryview(self._core.out).cast("h")
+        self._frame_at = self._core.frame_at
 
     @property
     def frames(self) -> int:
@@ -224,17 +225,11 @@ class EchoAwareGate:
     def frame(self, pcm: memoryview, now: int, bot_active: bool) -> memoryview:
         """Cancel echo in one decoded inbound frame (the 20 ms ending at ``now``); returns the frame for the
         VAD (valid until the next call)."""
-        core = self._core
-        ledger = self.ledger
-        gap = now - core.last_now
-        if gap > FRAME_MS and core.primed:
-            # frames lost on the way in (the call fills them with silence for the agent): the canceller's
-            # reference must still advance by what played meanwhile, or the echo delay slips by 20 ms per loss
-            for i in range(min(gap // FRAME_MS - 1, MAX_SKIP_FRAMES), 0, -1):
-                t = now - i * FRAME_MS
-                core.skip(ledger.played_pos(t), ledger.epoch)
-        # (played_pos(now) is usually the ledger's memo: the call asked for the same ``now`` just before)
-        if core.frame(pcm, ledger.played_pos(now), ledger.epoch, now) & _UNPRIMED:
+        # One compiled call: the ledger's position (usually its memo: the call asked for the same ``now`` just
+        # before) and epoch, the frames lost on the way in (the call fills them with silence for the agent; the
+        # canceller's reference still advances by what played meanwhile, at most MAX_SKIP_FRAMES, or the echo
+        # delay would slip by 20 ms per loss), reference, cancellation, history bits.
+        if self._frame_at(pcm, self.ledger, now) & _UNPRIMED:
             return pcm  # nothing has been played yet: no echo possible, the VAD hears the caller as is
         return self._out
 
