@@ -19,8 +19,11 @@ from rtvoice.sim.openai_emulator import OpenAIEmulatorConfig, OpenAIRealtimeEmul
 CALL = CallInfo(call_sid="CA" + "0" * 32, stream_sid="MZ" + "0" * 32, from_number="+15550001111")
 
 
-async def _session(fast: bool, audio_format: str, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], int]:
+async def _session(
+    fast: bool, audio_format: str, monkeypatch: pytest.MonkeyPatch, flush: str = "immediate"
+) -> tuple[list[Any], int]:
     monkeypatch.setenv("RTVOICE_FASTPATH", "1" if fast else "0")
+    monkeypatch.setenv("RTVOICE_VENDOR_FLUSH", flush)
     script = [Reply("Our opening hours are nine to five.", user_transcript="When are you open?")]
     async with OpenAIRealtimeEmulator(script, config=OpenAIEmulatorConfig(ms_per_char=20.0)) as emu:
         settings = Settings(
@@ -43,9 +46,12 @@ async def _session(fast: bool, audio_format: str, monkeypatch: pytest.MonkeyPatc
     return events, n_fast
 
 
+@pytest.mark.parametrize("flush", ["immediate", "iteration"])
 @pytest.mark.parametrize("audio_format", ["pcmu", "pcm"])
-async def test_fast_send_delivers_what_send_raw_does(audio_format: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    fast_events, n_fast = await _session(True, audio_format, monkeypatch)
+async def test_fast_send_delivers_what_send_raw_does(
+    audio_format: str, flush: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast_events, n_fast = await _session(True, audio_format, monkeypatch, flush)
     slow_events, n_slow = await _session(False, audio_format, monkeypatch)
     assert n_slow == 0
     appends = [e for e in fast_events if e["type"] == "input_audio_buffer.append"]
@@ -90,6 +96,7 @@ async def test_queued_append_leaves_before_cancel_and_truncate(
     from rtvoice.agents.base import Heard
 
     monkeypatch.setenv("RTVOICE_FASTPATH", "1")
+    monkeypatch.setenv("RTVOICE_VENDOR_FLUSH", "iteration")
     script = [Reply("Our opening hours are nine to five, every day of the week.", user_transcript="Hours?")]
     async with OpenAIRealtimeEmulator(script, config=OpenAIEmulatorConfig(ms_per_char=40.0, speed=1.0)) as emu:
         settings = Settings(agent="openai", openai_api_key="sk-test", openai_websocket_base_url=emu.url)
@@ -129,6 +136,7 @@ async def test_queued_append_leaves_before_cancel_and_truncate(
 async def test_close_with_appends_pending_delivers_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """Appends queued in the iteration the call ends in still reach the vendor, before the close."""
     monkeypatch.setenv("RTVOICE_FASTPATH", "1")
+    monkeypatch.setenv("RTVOICE_VENDOR_FLUSH", "iteration")
     async with OpenAIRealtimeEmulator([], config=OpenAIEmulatorConfig()) as emu:
         settings = Settings(agent="openai", openai_api_key="sk-test", openai_websocket_base_url=emu.url)
         agent, _sink = await start_agent(OpenAIRealtimeAgent(settings), CALL)
@@ -147,6 +155,7 @@ async def test_drop_with_appends_pending_reconnects_in_order(monkeypatch: pytest
     counted as sent, the new session gets ``session.update`` before any audio, and the audio after the
     reconnect arrives complete and in order."""
     monkeypatch.setenv("RTVOICE_FASTPATH", "1")
+    monkeypatch.setenv("RTVOICE_VENDOR_FLUSH", "iteration")
     async with OpenAIRealtimeEmulator([], config=OpenAIEmulatorConfig()) as emu:
         settings = Settings(agent="openai", openai_api_key="sk-test", openai_websocket_base_url=emu.url)
         agent, sink = await start_agent(OpenAIRealtimeAgent(settings), CALL)
@@ -184,6 +193,7 @@ async def test_burst_waiting_too_long_is_written_at_once(monkeypatch: pytest.Mon
     from rtvoice.agents import openai_realtime as ort
 
     monkeypatch.setenv("RTVOICE_FASTPATH", "1")
+    monkeypatch.setenv("RTVOICE_VENDOR_FLUSH", "iteration")
     async with OpenAIRealtimeEmulator([], config=OpenAIEmulatorConfig()) as emu:
         settings = Settings(agent="openai", openai_api_key="sk-test", openai_websocket_base_url=emu.url)
         a1, _ = await start_agent(OpenAIRealtimeAgent(settings), CALL)
@@ -212,3 +222,30 @@ async def test_burst_waiting_too_long_is_written_at_once(monkeypatch: pytest.Mon
             flusher.max_wait_ns = ort._Flusher.MAX_WAIT_NS
             await a1.close()
             await a2.close()
+
+
+async def test_default_writes_each_append_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default (``RTVOICE_VENDOR_FLUSH`` unset) an append is written during the frame that completes it."""
+    monkeypatch.setenv("RTVOICE_FASTPATH", "1")
+    monkeypatch.delenv("RTVOICE_VENDOR_FLUSH", raising=False)
+    async with OpenAIRealtimeEmulator([], config=OpenAIEmulatorConfig()) as emu:
+        settings = Settings(agent="openai", openai_api_key="sk-test", openai_websocket_base_url=emu.url)
+        agent, _sink = await start_agent(OpenAIRealtimeAgent(settings), CALL)
+        try:
+            sess = await emu.wait_for_session()
+            await wait_until(lambda: not agent.core.outbox)
+            sent = agent.link.fast_sent
+            agent.send_audio(_marker(0), memoryview(b""))
+            agent.send_audio(_marker(1), memoryview(b""))
+            assert agent.link.fast_sent == sent + 1 and not agent.link._pend
+            await emu.wait_for(lambda: _marker(0) + _marker(1) in _appended(sess.received))
+        finally:
+            await agent.close()
+
+
+def test_unknown_flush_mode_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rtvoice.agents import openai_realtime as ort
+
+    monkeypatch.setenv("RTVOICE_VENDOR_FLUSH", "sometimes")
+    with pytest.raises(ValueError, match="RTVOICE_VENDOR_FLUSH must be one of immediate, iteration"):
+        ort._vendor_flush_mode()

@@ -583,6 +583,13 @@ class _Flusher:
     The wait is bounded: an iteration that works through a backlog (the process was descheduled, a GC pause)
     can take tens of ms, so once the oldest queued append has waited ``max_wait_ns`` the next one flushes
     everything queued at once (at 400 calls ~20 frames arrive per ms: bursts of ~5 appends at 0.5 ms).
+
+    **Off by default** (``RTVOICE_VENDOR_FLUSH=iteration`` turns it on): measured on this 2-vCPU VM it did not
+    pay. Load A/B at 400 pcmu calls, quiet pair (run-queue waits ~2 %): 41.7 µs/frame with it vs 40.5
+    without, processing p99 1.76 vs 0.09 ms (send-defer p99 2.8 ms). The socket floor (``bench load``, a
+    process doing only the per-frame recv + append send) is the same both ways (14.3 vs 12.8 µs/frame; with
+    25 µs of modelled work per frame 15.3/14.3 vs 14.2/14.6). Under load the vendor's core is ~90 % busy, so
+    most sends do not find its process asleep: there is little wake-up cost to save, and the wait is real.
     """
 
     __slots__ = ("first_ns", "links", "loop", "max_wait_ns", "scheduled")
@@ -629,6 +636,17 @@ class _Flusher:
 
 
 _perf_ns = time.perf_counter_ns
+#: ``RTVOICE_VENDOR_FLUSH``: how the appends leave (see :class:`_Flusher` for what was measured).
+VENDOR_FLUSH_MODES = ("immediate", "iteration")
+
+
+def _vendor_flush_mode() -> str:
+    mode = os.environ.get("RTVOICE_VENDOR_FLUSH", "immediate").strip().lower() or "immediate"
+    if mode not in VENDOR_FLUSH_MODES:
+        raise ValueError(f"RTVOICE_VENDOR_FLUSH must be one of {', '.join(VENDOR_FLUSH_MODES)}, not {mode!r}")
+    return mode
+
+
 _FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
 
 
@@ -674,6 +692,7 @@ class RealtimeLink:
         #: only when the outbox is empty and the sender is idle; anything sent later drains these first).
         self._pend: list[bytes] = []
         self._flusher_: _Flusher | None = None
+        self._defer_sends = _vendor_flush_mode() == "iteration"
         #: The sender task is between taking something to send and having sent it (the flush then leaves
         #: ``_pend`` to it, so that nothing is written twice or out of order).
         self._sending = False
@@ -739,15 +758,24 @@ class RealtimeLink:
         self.push_audio(ulaw if conv is None else conv.convert(pcm))
 
     def push_audio(self, data: Any) -> None:
-        """Hot path: queue one frame of audio in the session format (any buffer). A full batch becomes an
-        append queued for the end of this loop iteration (:class:`_Flusher`), or, when anything is queued
-        before it or the direct path is off, for the sender task."""
+        """Hot path: queue one frame of audio in the session format (any buffer). A full batch is written at
+        once (or, with ``RTVOICE_VENDOR_FLUSH=iteration``, queued for the end of this loop iteration, see
+        :class:`_Flusher`), or, when anything is queued before it or the direct path is off, left to the
+        sender task."""
         audio = self._audio
         audio += data
         if len(audio) >= self._batch_bytes:
             if self.connected and not self.core.outbox and self._ws is not None and not self._sending:
                 pend = self._pend
                 first = not pend
+                if first and not self._defer_sends:
+                    if self._send_now_bytes(
+                        _APPEND_PREFIX_B + b2a_base64(audio, newline=False) + _APPEND_SUFFIX_B
+                    ):
+                        audio.clear()
+                        return
+                    self._wake.set()
+                    return
                 pend.append(_APPEND_PREFIX_B + b2a_base64(audio, newline=False) + _APPEND_SUFFIX_B)
                 audio.clear()
                 if first:

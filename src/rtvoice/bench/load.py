@@ -607,8 +607,8 @@ class _Proc:
 # second frame to a reader on the other core. No parsing, no audio, no JSON: the bytes are precomputed. Its
 # CPU per inbound frame is the floor any server pays here (loopback TCP: the kernel's receive side of each
 # send is partly charged to the sender). The reader parses each append as JSON (a vendor does at least that).
-# ``flush``: "iteration" writes the appends read in one event-loop iteration back to back at its end (as
-# rtvoice's OpenAI link does since this round), "immediate" writes each as its frame is read.
+# ``flush``: "immediate" writes each append as its frame is read (rtvoice's default), "iteration" writes the
+# appends of one event-loop iteration back to back at its end (``RTVOICE_VENDOR_FLUSH=iteration``).
 
 
 def _floor_frames(mode: str) -> tuple[bytes, bytes]:
@@ -625,7 +625,7 @@ def _floor_server_main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--sink-port", type=int, required=True)
     p.add_argument("--mode", default="pcmu")
-    p.add_argument("--flush", choices=("iteration", "immediate"), default="iteration")
+    p.add_argument("--flush", choices=("iteration", "immediate"), default="immediate")
     p.add_argument("--work-us", type=float, default=0.0,
                    help="busy CPU per frame (a model of the server's own work; 0 = the floor)")
     args = p.parse_args(argv)
@@ -763,7 +763,7 @@ def _floor_peer_main(argv: list[str]) -> int:
 
 
 def measure_floor(
-    mode: str, n_calls: int, args: argparse.Namespace, flush: str = "iteration", work_us: float = 0.0
+    mode: str, n_calls: int, args: argparse.Namespace, flush: str = "immediate", work_us: float = 0.0
 ) -> dict[str, float]:
     """The socket floor at ``n_calls`` (see the section comment): server-core CPU µs per inbound frame.
     ``work_us`` adds that much busy CPU per frame (a model of the server's own work, to see how spacing the
@@ -1212,8 +1212,8 @@ def write_report(rows: list[Row], args: argparse.Namespace) -> str:
         lines += [
             "Socket floor: a process on the server's core doing only the per-frame syscalls of the openai modes "
             "(read one Twilio-sized frame per call every 20 ms, write one vendor-sized append per call every "
-            "second frame to a reader on the other core, appends of one loop iteration written together), at "
-            "the step's call count; floor share = floor / server CPU per frame.",
+            "second frame to a reader on the other core, each append written as its frame is read), at the "
+            "step's call count; floor share = floor / server CPU per frame.",
             "",
         ]
     text = "\n".join(lines)
@@ -1276,15 +1276,16 @@ def run_ab(args: argparse.Namespace) -> str:
                 continue
             best = {fast: min(r.us_per_frame or r.cpu_pct / 100 / (args.ab * 50) * 1e6 for r in rows)
                     for (m, fast), rows in results.items() if m == mode}
-            floor_us = fl["iteration"]["us_per_frame"]
+            floor_us = fl["immediate"]["us_per_frame"]
             servers = ", ".join(
                 f"{'on' if k else 'off'} {v:.1f} µs/frame ({100 * floor_us / v:.0f} % of it is the floor)"
                 for k, v in best.items()
             )
             lines.append(
                 f"- {mode}: socket floor at {args.ab} calls {floor_us:.1f} µs/frame "
-                f"(appends of an iteration written together; {fl['immediate']['us_per_frame']:.1f} written one "
-                f"by one; run-queue wait {fl['iteration']['runq_pct']:.1f} %); server min {servers}"
+                f"(each append written as its frame is read; {fl['iteration']['us_per_frame']:.1f} with the appends "
+                f"of an iteration written together; run-queue wait {fl['immediate']['runq_pct']:.1f} %); "
+                f"server min {servers}"
             )
     text = "\n".join(lines) + "\n"
     (out / "ab.md").write_text(text)
