@@ -876,12 +876,25 @@ class RealtimeLink:
         the masking key from a pool drawn from ``os.urandom`` in 4 KiB blocks instead of one ``getrandom``
         syscall per frame) and written straight to the transport; the library's own pending writes (a pong)
         leave first. Only without extensions (none are negotiated: ``compression=None``)."""
-        if not self._plain():
+        # :meth:`_plain` inlined (the hot path: one append per call every 40 ms); the send queue is the
+        # connection's for its whole life, the websockets connection is looked up each time (the SDK replaces
+        # it when it reconnects itself)
+        conn = self._conn
+        if self._ws is None or conn is None:
             return False
-        ws = self._conn._connection
-        if ws.protocol.writes:
+        q = conn._send_queue
+        ws = conn._connection
+        proto = ws.protocol
+        transport = ws.transport
+        if (
+            conn._intentionally_closed or conn._is_reconnecting or q._queue or q._pending is not None
+            or proto.state is not _WS_OPEN or proto.extensions or proto.expect_continuation_frame
+            or ws.send_in_progress is not None or ws.paused or transport.is_closing()
+        ):
+            return False
+        if proto.writes:
             ws.send_data()
-        ws.transport.write(text_frame(payload))
+        transport.write(text_frame(payload))
         self.fast_sent += 1
         return True
 
