@@ -862,6 +862,9 @@ class Scenario:
                 "RTVOICE_FASTPATH": "0" if args.no_fastpath else "1",
             }
         )
+        for item in getattr(args, "server_env", None) or []:
+            name, _, value = item.partition("=")
+            env[name] = value
         baseline = getattr(args, "server_pythonpath", None)
         if baseline:
             # --ab-baseline: this server runs another source tree (e.g. ``git archive`` of an older commit)
@@ -900,6 +903,8 @@ class Scenario:
         variant = "-nofast" if getattr(self.args, "no_fastpath", False) else ""
         if getattr(self.args, "server_pythonpath", None):
             variant = "-baseline"
+        elif getattr(self.args, "ab_env", None) and not getattr(self.args, "server_env", None):
+            variant = "-without-env"
         path = Path(self.args.out) / f"profile-{self.mode}-{n_calls}{variant}.txt"
         # blocking sampling (py-spy pauses the server ~0.1 ms per sample): consistent stacks, ~2 % overhead
         cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
@@ -1236,6 +1241,9 @@ def run_ab(args: argparse.Namespace) -> str:
                 if args.ab_baseline:
                     # "on" = this tree, "off" = the baseline tree (both with their fast paths on)
                     args.server_pythonpath = None if fast else args.ab_baseline
+                elif getattr(args, "ab_env", None):
+                    # "on" = the server with these environment variables, "off" = without (fast paths on)
+                    args.server_env = args.ab_env if fast else None
                 else:
                     args.no_fastpath = not fast
                 sc = Scenario(mode, args, out)
@@ -1249,7 +1257,12 @@ def run_ab(args: argparse.Namespace) -> str:
                 results.setdefault((mode, fast), []).append(row)
                 print(f"{mode} fastpath={'on' if fast else 'off'}: " + format_table([row]).splitlines()[-1],
                       flush=True)
-    variants = f"this tree / baseline {args.ab_baseline}" if args.ab_baseline else "fast paths on / off"
+    if args.ab_baseline:
+        variants = f"this tree / baseline {args.ab_baseline}"
+    elif getattr(args, "ab_env", None):
+        variants = f"server with {' '.join(args.ab_env)} / without"
+    else:
+        variants = "fast paths on / off"
     lines = [
         f"A/B at {args.ab} calls, {args.ab_rounds} interleaved rounds ({variants}), server CPU % "
         "of one core and p99 server-added latency per round:",
@@ -1317,6 +1330,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ab-baseline", default="", metavar="SRC",
                    help="--ab compares this tree (on) with the package under SRC (off), e.g. a git archive of "
                         "an older commit's src/ with the built _dsp copied in; the server gets PYTHONPATH=SRC")
+    p.add_argument("--ab-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="--ab compares the server with these environment variables (on) and without (off), "
+                        "e.g. RTVOICE_VENDOR_FLUSH=iteration; repeatable")
     p.add_argument("--keep-going", action="store_true",
                    help="stop a mode's ramp at the server's second failure, not its first")
     p.add_argument("--profile-at", default="", help="comma list of call counts to profile with py-spy")
