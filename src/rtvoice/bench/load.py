@@ -741,7 +741,8 @@ def _floor_peer_main(argv: list[str]) -> int:
                 t += FRAME_S / SLOTS
                 await asyncio.sleep(max(0.0, t - loop.time()))
                 for tr in calls[k % SLOTS]:
-                    tr.write(media)
+                    if not tr.is_closing():  # the server side goes first at the end
+                        tr.write(media)
                 k += 1
 
         while True:
