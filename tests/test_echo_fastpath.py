@@ -229,3 +229,26 @@ def test_one_call_gate_frame_equals_the_previous_python_loop() -> None:
         assert _state(gate.canceller._core) == _state(ec), k
     assert gate.frames == core.frames > 150
     assert gate.canceller.locked and any(gate.canceller.taps)  # it did cancel something
+
+
+@settings(max_examples=20, deadline=None)
+@given(skips=st.lists(st.booleans(), min_size=1, max_size=90), seed=st.integers(0, 2**16))
+def test_reference_history_is_the_last_samples_played(skips: list[bool], seed: int) -> None:
+    """The history moves a window through a longer buffer (rebased every 16 frames) instead of shifting 12 KB
+    per frame: whatever the mix of processed and lost frames, it holds exactly the last ``xlen`` reference
+    samples, oldest first, zeros before the call's first frame."""
+    rng = np.random.default_rng(seed)
+    ec = _dsp.EchoCancellerCore()
+    played = [np.zeros(len(ec.history_copy()), np.int16)]
+    out = bytearray(2 * FRAME)
+    for lost in skips:
+        ref = rng.integers(-3000, 3000, FRAME).astype(np.int16)
+        if lost:
+            ec.skip(ref)
+        else:
+            ec.process(rng.integers(-100, 100, FRAME).astype(np.int16), ref, out)
+        played.append(ref)
+        want = np.concatenate(played)[-len(ec.history_copy()) :]
+        assert ec.history_copy() == want.astype(np.float32).tolist()
+    ec.reset()
+    assert not any(ec.history_copy())

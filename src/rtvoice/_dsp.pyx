@@ -1216,6 +1216,7 @@ cdef enum:
     _EC_BLOCK = 16     # envelope block of the bulk-delay estimator (2 ms)
     _EC_BPF = 10       # envelope blocks per frame
     _EC_MAXTAPS = 256
+    _EC_XSLACK = 16    # frames of slack in the reference history buffer (see EchoCancellerCore.xoff)
     _EC_F_NEAR = 1
     _EC_F_REF = 2
     _EC_F_LOCK = 4
@@ -1237,6 +1238,11 @@ cdef class EchoCancellerCore:
     """
 
     cdef float *xbuf      # reference history, oldest first; the current frame is the last 160 samples
+    # (the history is the window xbuf[xoff : xoff + xlen] of a buffer _EC_XSLACK frames longer: appending a
+    # frame moves the window instead of the whole 12 KB history, and the history is moved back to the start
+    # once every _EC_XSLACK frames. At 400 calls each call's state is cold in the cache at its next frame, and
+    # the per-frame memmove of the history was most of the memory traffic of a frame.)
+    cdef int xoff, xcap
     cdef int xlen
     cdef float *h         # adaptive taps, time-reversed (h[taps-1] is the tap at the bulk delay)
     cdef float *renv      # mean-removed reference envelope history (nlag + _EC_BPF blocks)
@@ -1309,7 +1315,8 @@ cdef class EchoCancellerCore:
         self.ub_rise = 1.02
         self.ub_spread = 5
         self.lam = 0.985
-        self.xbuf = <float *>PyMem_Malloc(self.xlen * sizeof(float))
+        self.xcap = self.xlen + _EC_XSLACK * _EC_FRAME
+        self.xbuf = <float *>PyMem_Malloc(self.xcap * sizeof(float))
         self.h = <float *>PyMem_Malloc(taps * sizeof(float))
         self.renv = <float *>PyMem_Malloc((self.nlag + _EC_BPF) * sizeof(float))
         self.corr = <double *>PyMem_Malloc(self.nlag * sizeof(double))
@@ -1342,7 +1349,8 @@ cdef class EchoCancellerCore:
     def reset(self):
         """Forget everything learned (a new call)."""
         cdef int k
-        _ec_memset(self.xbuf, 0, self.xlen * sizeof(float))
+        _ec_memset(self.xbuf, 0, self.xcap * sizeof(float))
+        self.xoff = 0
         _ec_memset(self.h, 0, self.taps * sizeof(float))
         _ec_memset(self.renv, 0, (self.nlag + _EC_BPF) * sizeof(float))
         _ec_memset(self.corr, 0, self.nlag * sizeof(double))
@@ -1393,6 +1401,10 @@ cdef class EchoCancellerCore:
         """The per-lag echo-gain bounds (2 ms lag steps; a new list; for tests and plots)."""
         return [self.ub[k] for k in range(self.nlag)]
 
+    def history_copy(self):
+        """The reference history, oldest sample first, the current frame last (a new list; for tests)."""
+        return [self.xbuf[self.xoff + j] for j in range(self.xlen)]
+
     def taps_copy(self):
         """The adaptive filter's taps in delay order (a new list; for tests and plots)."""
         return [self.h[self.taps - 1 - k] for k in range(self.taps)]
@@ -1419,14 +1431,25 @@ cdef class EchoCancellerCore:
         else:
             self.xzero = _EC_FRAME - i
 
+    cdef inline float *_shift_history(self) noexcept nogil:
+        # drop the oldest frame of the reference history, make room for a new one at the end; returns the
+        # history (x[0 : xlen], the new frame goes to x[xlen - 160 : xlen])
+        cdef int n = _EC_FRAME
+        if self.xoff + n + self.xlen <= self.xcap:
+            self.xoff += n
+        else:
+            _ec_memmove(self.xbuf, self.xbuf + self.xoff + n, (self.xlen - n) * sizeof(float))
+            self.xoff = 0
+        return self.xbuf + self.xoff
+
     cdef void _skip(self, const int16_t *r) noexcept nogil:
         cdef int i, j, n = _EC_FRAME, NR = self.nlag + _EC_BPF
         cdef float v, xe = 0.0
-        _ec_memmove(self.xbuf, self.xbuf + n, (self.xlen - n) * sizeof(float))
+        cdef float *x = self._shift_history()
         self._track_zeros(r)
         for i in range(n):
             v = r[i]
-            self.xbuf[self.xlen - n + i] = v
+            x[self.xlen - n + i] = v
             xe += v * v
         self.eref[self.ref_i] = xe
         self.ref_i = (self.ref_i + 1) % self.nref
@@ -1466,7 +1489,7 @@ cdef class EchoCancellerCore:
 
     cdef int _frame(self, const int16_t *d, const int16_t *r, int16_t *o) noexcept nogil:
         cdef int L = self.taps, n = _EC_FRAME, i, j, b, lag, best, new_delay, shift, base0, nb
-        cdef float *x = self.xbuf
+        cdef float *x
         cdef float *h = self.h
         cdef float *e1 = self.e1
         cdef float acc, v, m, xs, g, norm, reg = L * 900.0, blk_r, blk_m, blk_e
@@ -1480,7 +1503,7 @@ cdef class EchoCancellerCore:
         cdef float *yest = self.yest
 
         # 1. shift the reference history by one frame and append the new reference frame
-        _ec_memmove(x, x + n, (self.xlen - n) * sizeof(float))
+        x = self._shift_history()
         self._track_zeros(r)
         for i in range(n):
             v = r[i]
