@@ -585,8 +585,10 @@ class _Flusher:
     everything queued at once (at 400 calls ~20 frames arrive per ms: bursts of ~5 appends at 0.5 ms).
 
     **Off by default** (``RTVOICE_VENDOR_FLUSH=iteration`` turns it on): measured on this 2-vCPU VM it did not
-    pay. Load A/B at 400 pcmu calls, quiet pair (run-queue waits ~2 %): 41.7 µs/frame with it vs 40.5
-    without, processing p99 1.76 vs 0.09 ms (send-defer p99 2.8 ms). The socket floor (``bench load``, a
+    pay. Load A/B at 400 pcmu calls, quiet pairs (run-queue waits ~2 %): 41.7 µs/frame with it vs 40.5
+    without (processing p99 1.76 vs 0.09 ms, send-defer p99 2.8 ms); later, same tree, ``bench load --ab 400
+    --ab-env RTVOICE_VENDOR_FLUSH=iteration``: 39.3 vs 40.0 µs/frame (processing p99 1.30 vs 0.09 ms,
+    send-defer p99 2.1 ms). The socket floor (``bench load``, a
     process doing only the per-frame recv + append send) is the same both ways (14.3 vs 12.8 µs/frame; with
     25 µs of modelled work per frame 15.3/14.3 vs 14.2/14.6). Under load the vendor's core is ~90 % busy, so
     most sends do not find its process asleep: there is little wake-up cost to save, and the wait is real.
