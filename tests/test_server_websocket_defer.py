@@ -110,3 +110,40 @@ async def test_deferred_cork(monkeypatch: pytest.MonkeyPatch, defer: bool) -> No
             rest += chunk
         writer.close()
     assert _texts(rest) == ["last", "<8>"]  # the close frame after the text sent before it
+
+
+class _FakeConn:
+    def __init__(self, log: list[str], name: str) -> None:
+        self._uncork_scheduled = True
+        self.log = log
+        self.name = name
+
+    def _uncork(self) -> None:
+        self.log.append(self.name)
+
+
+async def test_one_callback_per_iteration_flushes_every_deferred_connection() -> None:
+    loop = asyncio.get_running_loop()
+    scheduled: list[object] = []
+    real = loop.call_soon
+
+    def counting(cb: Any, *args: Any, **kw: Any) -> Any:
+        if cb is ws_module._uncork_all:
+            scheduled.append(cb)
+        return real(cb, *args, **kw)
+
+    loop.call_soon = counting  # type: ignore[method-assign]
+    try:
+        log: list[str] = []
+        a, b = _FakeConn(log, "a"), _FakeConn(log, "b")
+        ws_module._defer_uncork(a)  # type: ignore[arg-type]
+        ws_module._defer_uncork(b)  # type: ignore[arg-type]
+        assert scheduled == [ws_module._uncork_all] and log == []
+        await asyncio.sleep(0)
+        assert log == ["a", "b"] and not a._uncork_scheduled and not b._uncork_scheduled
+        ws_module._defer_uncork(a)  # type: ignore[arg-type]  # the next iteration schedules again
+        assert len(scheduled) == 2
+        await asyncio.sleep(0)
+        assert log == ["a", "b", "a"]
+    finally:
+        loop.call_soon = real  # type: ignore[method-assign]

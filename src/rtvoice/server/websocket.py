@@ -85,6 +85,40 @@ def server_text_frame(data: bytes) -> bytes:
     return _HEAD64.pack(0x81, 127, n) + data
 
 
+class _Uncorks:
+    """The connections whose corked write waits for the end of the loop iteration: one ``call_soon`` per
+    iteration for all of them (one per connection cost more than the wake-ups it saved)."""
+
+    __slots__ = ("conns", "loop")
+
+    def __init__(self) -> None:
+        self.conns: list[WebSocketConnection] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+_UNCORKS = _Uncorks()
+
+
+def _defer_uncork(conn: WebSocketConnection) -> None:
+    pending = _UNCORKS
+    loop = asyncio.get_running_loop()
+    if pending.loop is not loop:
+        # the first use, or a new loop (tests run one per test): a flush scheduled on an old loop never runs
+        pending.loop = loop
+        pending.conns = []
+    if not pending.conns:
+        loop.call_soon(_uncork_all)
+    pending.conns.append(conn)
+
+
+def _uncork_all() -> None:
+    conns = _UNCORKS.conns
+    _UNCORKS.conns = []
+    for conn in conns:
+        conn._uncork_scheduled = False
+        conn._uncork()
+
+
 def prepare_handshake(request: Request, limits: ServerLimits) -> tuple[ServerProtocol, bytes | None]:
     """Run the opening handshake's checks for an upgrade ``request`` (already parsed by h11).
 
@@ -241,11 +275,7 @@ class WebSocketConnection(asyncio.Protocol):
                 self._uncork()  # (nothing corked: stop corking, later sends are written as they come)
             elif not self._uncork_scheduled:
                 self._uncork_scheduled = True
-                asyncio.get_running_loop().call_soon(self._deferred_uncork)
-
-    def _deferred_uncork(self) -> None:
-        self._uncork_scheduled = False
-        self._uncork()
+                _defer_uncork(self)
 
     def _uncork(self) -> None:
         cork = self._cork
