@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -36,7 +35,7 @@ from rtvoice.twilio.media import MessageWriter
 from rtvoice.vad import VoiceActivity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from outbound_reference import ReferenceEchoAgent, ReferencePacer, ReferenceWriter  # noqa: E402
+from outbound_reference import ReferenceEchoAgent, ReferencePacer, ReferenceWriter
 
 ROUNDS = 9
 ATTEMPTS = 3
