@@ -136,12 +136,12 @@ async def test_one_callback_per_iteration_flushes_every_deferred_connection() ->
     try:
         log: list[str] = []
         a, b = _FakeConn(log, "a"), _FakeConn(log, "b")
-        ws_module._defer_uncork(a)  # type: ignore[arg-type]
-        ws_module._defer_uncork(b)  # type: ignore[arg-type]
+        ws_module._defer_uncork(a, loop)  # type: ignore[arg-type]
+        ws_module._defer_uncork(b, loop)  # type: ignore[arg-type]
         assert scheduled == [ws_module._uncork_all] and log == []
         await asyncio.sleep(0)
         assert log == ["a", "b"] and not a._uncork_scheduled and not b._uncork_scheduled
-        ws_module._defer_uncork(a)  # type: ignore[arg-type]  # the next iteration schedules again
+        ws_module._defer_uncork(a, loop)  # type: ignore[arg-type]  # the next iteration schedules again
         assert len(scheduled) == 2
         await asyncio.sleep(0)
         assert log == ["a", "b", "a"]

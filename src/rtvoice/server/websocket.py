@@ -99,9 +99,8 @@ class _Uncorks:
 _UNCORKS = _Uncorks()
 
 
-def _defer_uncork(conn: WebSocketConnection) -> None:
+def _defer_uncork(conn: WebSocketConnection, loop: asyncio.AbstractEventLoop) -> None:
     pending = _UNCORKS
-    loop = asyncio.get_running_loop()
     if pending.loop is not loop:
         # the first use, or a new loop (tests run one per test): a flush scheduled on an old loop never runs
         pending.loop = loop
@@ -175,6 +174,7 @@ class WebSocketConnection(asyncio.Protocol):
         #: While not None, ``_flush`` collects frames here and ``_uncork`` writes them at once.
         self._cork: list[bytes] | None = None
         self._uncork_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, looked up once
 
     # --- start ----------------------------------------------------------------------------------------------
 
@@ -275,7 +275,10 @@ class WebSocketConnection(asyncio.Protocol):
                 self._uncork()  # (nothing corked: stop corking, later sends are written as they come)
             elif not self._uncork_scheduled:
                 self._uncork_scheduled = True
-                _defer_uncork(self)
+                loop = self._loop
+                if loop is None:
+                    loop = self._loop = asyncio.get_running_loop()
+                _defer_uncork(self, loop)
 
     def _uncork(self) -> None:
         cork = self._cork
