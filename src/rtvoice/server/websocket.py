@@ -66,8 +66,6 @@ _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length
 
 #: ``RTVOICE_FASTPATH=0`` sends every frame through websockets' ``send_text`` (A/B runs).
 _FAST_SEND = os.environ.get("RTVOICE_FASTPATH", "1") != "0"
-#: The corked write of a read leaves at the end of the loop iteration (see ``data_received``).
-_DEFER_UNCORK = _FAST_SEND
 #: FIN + text opcode and the 7-bit length byte (server frames are never masked), for payloads under 126 bytes.
 _HEAD7 = tuple(bytes((0x81, n)) for n in range(126))
 _HEAD16 = struct.Struct("!BBH")
@@ -83,39 +81,6 @@ def server_text_frame(data: bytes) -> bytes:
     if n < 65536:
         return _HEAD16.pack(0x81, 126, n) + data
     return _HEAD64.pack(0x81, 127, n) + data
-
-
-class _Uncorks:
-    """The connections whose corked write waits for the end of the loop iteration: one ``call_soon`` per
-    iteration for all of them (one per connection cost more than the wake-ups it saved)."""
-
-    __slots__ = ("conns", "loop")
-
-    def __init__(self) -> None:
-        self.conns: list[WebSocketConnection] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-
-_UNCORKS = _Uncorks()
-
-
-def _defer_uncork(conn: WebSocketConnection, loop: asyncio.AbstractEventLoop) -> None:
-    pending = _UNCORKS
-    if pending.loop is not loop:
-        # the first use, or a new loop (tests run one per test): a flush scheduled on an old loop never runs
-        pending.loop = loop
-        pending.conns = []
-    if not pending.conns:
-        loop.call_soon(_uncork_all)
-    pending.conns.append(conn)
-
-
-def _uncork_all() -> None:
-    conns = _UNCORKS.conns
-    _UNCORKS.conns = []
-    for conn in conns:
-        conn._uncork_scheduled = False
-        conn._uncork()
 
 
 def prepare_handshake(request: Request, limits: ServerLimits) -> tuple[ServerProtocol, bytes | None]:
@@ -173,8 +138,6 @@ class WebSocketConnection(asyncio.Protocol):
         self._on_close_called = False
         #: While not None, ``_flush`` collects frames here and ``_uncork`` writes them at once.
         self._cork: list[bytes] | None = None
-        self._uncork_scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop, looked up once
 
     # --- start ----------------------------------------------------------------------------------------------
 
@@ -262,28 +225,17 @@ class WebSocketConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # Cork: everything the handler sends while it processes these bytes (an inbound frame's media and
         # mark messages, the 'clear' of a barge-in) leaves in one transport write (one send syscall) instead of
-        # one per message. With the fast paths on, that write is deferred to a callback that runs after the
-        # rest of this loop iteration's I/O callbacks: the writes of all connections then leave back to back,
-        # and sends on a loopback peer mostly find it already awake (one asleep in epoll costs the sender a
-        # wake-up, ~2-3x the send). Outbound audio is queued 60-200 ms at Twilio anyway; nothing inbound waits.
-        if self._cork is None:
-            self._cork = []
+        # one per message.
+        self._cork = []
         try:
             self._data_received(data)
         finally:
-            if not _DEFER_UNCORK or not self._cork:
-                self._uncork()  # (nothing corked: stop corking, later sends are written as they come)
-            elif not self._uncork_scheduled:
-                self._uncork_scheduled = True
-                loop = self._loop
-                if loop is None:
-                    loop = self._loop = asyncio.get_running_loop()
-                _defer_uncork(self, loop)
+            self._uncork()
 
     def _uncork(self) -> None:
         cork = self._cork
         self._cork = None
-        if cork and not self._lost and not self._transport.is_closing():
+        if cork:
             self._transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
 
     def _data_received(self, data: bytes) -> None:
