@@ -91,17 +91,33 @@ def _client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     return head + b"\0\0\0\0" + payload
 
 
+#: Line noise under the caller's audio, RMS in int16 units (~-62 dBFS): a real line is never digitally silent
+#: (an all-zero frame lets the echo canceller and the VAD skip work a real call makes them do).
+LINE_NOISE_RMS = 25.0
+
+
 def _caller_loop() -> list[bytes]:
-    """Base64 of each 20 ms frame of the caller's loop: a fixture utterance, then 3 s of silence."""
+    """Base64 of each 20 ms frame of the caller's loop: a fixture utterance, then 3 s of silence, all over
+    low-level line noise (seeded, so every run sends the same audio)."""
     from importlib import resources
+
+    import numpy as np
+
+    from rtvoice.audio import ulaw_decode, ulaw_encode
 
     try:
         speech = resources.files("rtvoice").joinpath("fixtures/book.ulaw").read_bytes()
     except OSError:
         speech = b""
-    audio = speech + b"\xff" * 24000
-    audio += b"\xff" * (-len(audio) % 160)
-    return [base64.b64encode(audio[i : i + 160]) for i in range(0, len(audio), 160)]
+    codes = speech + b"\xff" * 24000
+    codes += b"\xff" * (-len(codes) % 160)
+    pcm = np.zeros(len(codes), dtype=np.int16)
+    ulaw_decode(codes, pcm)
+    noise = np.random.default_rng(7).normal(0.0, LINE_NOISE_RMS, len(codes))
+    mixed = np.clip(pcm.astype(np.float64) + noise, -32768, 32767).astype(np.int16)
+    audio = bytearray(len(codes))
+    ulaw_encode(mixed, audio)
+    return [base64.b64encode(bytes(audio[i : i + 160])) for i in range(0, len(audio), 160)]
 
 
 MEDIA_FMT = (
