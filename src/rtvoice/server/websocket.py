@@ -398,8 +398,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._frag_parts.clear()
         self.close(close_code(kind), reason)
 
-    def _write(self, data: bytes) -> None:
-        """One serialised frame out: queued while writing is paused, corked during a read, else written."""
+    def _write(self, data: bytes) -> bool:
+        """One serialised frame out: queued while writing is paused, corked during a read, else written.
+        False when it overflowed the send queue (the connection is closing 1008)."""
         if self._write_paused:
             self._queue.append(data)
             self._queued += len(data)
@@ -407,27 +408,19 @@ class WebSocketConnection(asyncio.Protocol):
                 self.max_queued = self._queued
             if self._queued > self._limits.send_queue_limit_bytes:
                 self._overflow()
+                return False
         elif self._cork is not None:
             self._cork.append(data)
         else:
             self._transport.write(data)
+        return True
 
     def _flush(self) -> None:
         transport = self._transport
         for data in self._proto.data_to_send():
             if data:
-                if self._write_paused:
-                    self._queue.append(data)
-                    self._queued += len(data)
-                    if self._queued > self.max_queued:
-                        self.max_queued = self._queued
-                    if self._queued > self._limits.send_queue_limit_bytes:
-                        self._overflow()
-                        return
-                elif self._cork is not None:
-                    self._cork.append(data)
-                else:
-                    transport.write(data)
+                if not self._write(data):
+                    return
             else:
                 # SEND_EOF: the server closes TCP once the close frame (and anything before it) is out.
                 self._uncork()
