@@ -1108,20 +1108,22 @@ cdef extern from * nogil:
        the default 48 taps the filter lives in 12 local vectors for the whole frame instead of being loaded
        (and, in the NLMS, stored) once per sample. */
     #if defined(__GNUC__)
+    /* h . x[0..48) with the 48 taps held in 12 vectors: two accumulators over alternate vectors, then the same
+       pairwise reduction as rtv_ec_dot (the order every caller relies on for bit-identical results) */
+    static inline float rtv_ec_dot48(const rtv_ec_v4 *hv, const float *xi) {
+        rtv_ec_v4 va, vb, s0 = {0, 0, 0, 0}, s1 = {0, 0, 0, 0};
+        for (int k = 0; k < 12; k += 2) {
+            memcpy(&va, xi + 4 * k, 16); memcpy(&vb, xi + 4 * k + 4, 16);
+            s0 += hv[k] * va; s1 += hv[k + 1] * vb;
+        }
+        s0 += s1;
+        return (s0[0] + s0[1]) + (s0[2] + s0[3]);
+    }
     static void rtv_ec_filter(const float *h, const float *x, int L, int n, float *y) {
         if (L == 48) {
-            rtv_ec_v4 hv[12], va, vb;
+            rtv_ec_v4 hv[12];
             memcpy(hv, h, sizeof(hv));
-            for (int i = 0; i < n; i++) {
-                const float *xi = x + i;
-                rtv_ec_v4 s0 = {0, 0, 0, 0}, s1 = {0, 0, 0, 0};
-                for (int k = 0; k < 12; k += 2) {
-                    memcpy(&va, xi + 4 * k, 16); memcpy(&vb, xi + 4 * k + 4, 16);
-                    s0 += hv[k] * va; s1 += hv[k + 1] * vb;
-                }
-                s0 += s1;
-                y[i] = (s0[0] + s0[1]) + (s0[2] + s0[3]);
-            }
+            for (int i = 0; i < n; i++) y[i] = rtv_ec_dot48(hv, x + i);
             return;
         }
         for (int i = 0; i < n; i++) y[i] = rtv_ec_dot(h, x + i, L);
@@ -1131,17 +1133,11 @@ cdef extern from * nogil:
     static void rtv_ec_nlms(float *h, const float *x, const int16_t *d, int L, int n, float mu, float reg,
                             float norm) {
         if (L == 48) {
-            rtv_ec_v4 hv[12], va, vb;
+            rtv_ec_v4 hv[12], va;
             memcpy(hv, h, sizeof(hv));
             for (int i = 0; i < n; i++) {
                 const float *xi = x + i;
-                rtv_ec_v4 s0 = {0, 0, 0, 0}, s1 = {0, 0, 0, 0};
-                for (int k = 0; k < 12; k += 2) {
-                    memcpy(&va, xi + 4 * k, 16); memcpy(&vb, xi + 4 * k + 4, 16);
-                    s0 += hv[k] * va; s1 += hv[k + 1] * vb;
-                }
-                s0 += s1;
-                float acc = (s0[0] + s0[1]) + (s0[2] + s0[3]);
+                float acc = rtv_ec_dot48(hv, xi);
                 float g = (mu * (((float)d[i]) - acc)) / (norm + reg);
                 rtv_ec_v4 vg = {g, g, g, g};
                 for (int k = 0; k < 12; k++) { memcpy(&va, xi + 4 * k, 16); hv[k] += vg * va; }
