@@ -15,13 +15,11 @@ Budgets (generous): the kernel costs at most 0.5x the Python path and at most 0.
 
 from __future__ import annotations
 
-import base64
 import binascii
-import gc
 import json
-import time
 from collections.abc import Callable
 
+from interleaved import best_per_item, media_messages
 from rtvoice.audio import ulaw_decode
 from rtvoice.twilio import fastmedia
 from rtvoice.twilio._fastmedia import MediaKernel
@@ -32,26 +30,8 @@ ROUNDS = 25
 ATTEMPTS = 3
 
 
-def _messages() -> list[bytes]:
-    out = []
-    for i in range(N):
-        payload = base64.b64encode(bytes((i * 7 + k) & 0xFF for k in range(160))).decode()
-        out.append(
-            f'{{"event":"media","sequenceNumber":"{i + 2}","media":{{"track":"inbound","chunk":"{i + 1}",'
-            f'"timestamp":"{i * 20}","payload":"{payload}"}},"streamSid":"MZ{"ab" * 16}"}}'.encode()
-        )
-    return out
-
-
-def _per_message(fn: Callable[[bytes], object], msgs: list[bytes]) -> float:
-    t0 = time.perf_counter()
-    for m in msgs:
-        fn(m)
-    return (time.perf_counter() - t0) / len(msgs)
-
-
 def test_media_kernel_vs_python_fast_path_and_json() -> None:
-    msgs = _messages()
+    msgs = [m.encode() for m in media_messages(N)]
     pcm = bytearray(320)
     kernel = MediaKernel(pcm)
     parse = fastmedia.parse
@@ -86,18 +66,13 @@ def test_media_kernel_vs_python_fast_path_and_json() -> None:
         "python": python_case,
         "json+b64": json_case,
     }
-    best = dict.fromkeys(cases, 1e9)
-    for _attempt in range(ATTEMPTS):
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(ROUNDS):
-                for name, fn in cases.items():
-                    best[name] = min(best[name], _per_message(fn, msgs))
-        finally:
-            gc.enable()
-        if best["kernel"] <= 0.5 * best["python"] and best["kernel"] <= 0.5 * best["json+b64"]:
-            break
+    best = best_per_item(
+        cases,
+        msgs,
+        rounds=ROUNDS,
+        attempts=ATTEMPTS,
+        good=lambda b: b["kernel"] <= 0.5 * b["python"] and b["kernel"] <= 0.5 * b["json+b64"],
+    )
     us = {k: v * 1e6 for k, v in best.items()}
     print(
         f"\nper media frame: kernel {us['kernel']:.3f} us, python fast path {us['python']:.3f} us, "
