@@ -22,24 +22,11 @@ from rtvoice.audio import ulaw_decode
 from rtvoice.twilio import fastmedia, media
 from rtvoice.twilio._fastmedia import MediaKernel
 from rtvoice.twilio.media import Media
+from test_fastpath_media import sim_order, twilio_order  # the two key orders, written as on the wire
 
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CAP = 400
 SENTINEL = b"\xa5" * 320
-
-
-def twilio_order(seq: str, sid: str, track: str, chunk: str, ts: str, payload: str) -> str:
-    return (
-        f'{{"event":"media","sequenceNumber":"{seq}","media":{{"track":"{track}","chunk":"{chunk}",'
-        f'"timestamp":"{ts}","payload":"{payload}"}},"streamSid":"{sid}"}}'
-    )
-
-
-def sim_order(seq: str, sid: str, track: str, chunk: str, ts: str, payload: str) -> str:
-    return (
-        f'{{"event":"media","sequenceNumber":"{seq}","streamSid":"{sid}","media":{{"track":"{track}",'
-        f'"chunk":"{chunk}","timestamp":"{ts}","payload":"{payload}"}}}}'
-    )
 
 
 def over_limit(event: Media, text: str) -> bool:
