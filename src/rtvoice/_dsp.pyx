@@ -1119,19 +1119,23 @@ cdef extern from * nogil:
         s0 += s1;
         return (s0[0] + s0[1]) + (s0[2] + s0[3]);
     }
+    #endif
     static void rtv_ec_filter(const float *h, const float *x, int L, int n, float *y) {
+    #if defined(__GNUC__)
         if (L == 48) {
             rtv_ec_v4 hv[12];
             memcpy(hv, h, sizeof(hv));
             for (int i = 0; i < n; i++) y[i] = rtv_ec_dot48(hv, x + i);
             return;
         }
+    #endif
         for (int i = 0; i < n; i++) y[i] = rtv_ec_dot(h, x + i, L);
     }
     /* sample-by-sample NLMS over one frame: for each i, acc = h.x[i..i+L), g = mu (d[i] - acc) / (norm + reg),
        h += g x[i..i+L), then the window energy norm slides by one sample (clamped at 0) */
     static void rtv_ec_nlms(float *h, const float *x, const int16_t *d, int L, int n, float mu, float reg,
                             float norm) {
+    #if defined(__GNUC__)
         if (L == 48) {
             rtv_ec_v4 hv[12], va;
             memcpy(hv, h, sizeof(hv));
@@ -1149,6 +1153,7 @@ cdef extern from * nogil:
             memcpy(h, hv, sizeof(hv));
             return;
         }
+    #endif
         for (int i = 0; i < n; i++) {
             const float *xi = x + i;
             float acc = rtv_ec_dot(h, xi, L);
@@ -1160,7 +1165,6 @@ cdef extern from * nogil:
             }
         }
     }
-    #endif
     /* the bulk-delay estimator's envelope cross-correlation, corr[lag] = lam corr[lag] + sum_b e[b] r[1+b+j]
        with j = nlag-1-lag (r: the reference envelope history, oldest first), 8 lags at a time in registers;
        per lag the same float products summed into a double in the same b order as the reference loop */
@@ -1182,24 +1186,6 @@ cdef extern from * nogil:
             corr[lag] = lam * corr[lag] + a;
         }
     }
-    #if !defined(__GNUC__)
-    static void rtv_ec_filter(const float *h, const float *x, int L, int n, float *y) {
-        for (int i = 0; i < n; i++) y[i] = rtv_ec_dot(h, x + i, L);
-    }
-    static void rtv_ec_nlms(float *h, const float *x, const int16_t *d, int L, int n, float mu, float reg,
-                            float norm) {
-        for (int i = 0; i < n; i++) {
-            const float *xi = x + i;
-            float acc = rtv_ec_dot(h, xi, L);
-            float g = (mu * (((float)d[i]) - acc)) / (norm + reg);
-            rtv_ec_axpy(g, xi, h, L);
-            if (i + 1 < n) {
-                norm = (norm + (xi[L] * xi[L])) - (xi[0] * xi[0]);
-                if (norm < 0.0) norm = 0.0;
-            }
-        }
-    }
-    #endif
     """
     float rtv_ec_dot(const float *a, const float *b, int n)
     void rtv_ec_axpy(float g, const float *x, float *h, int n)
