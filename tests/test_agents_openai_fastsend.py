@@ -249,3 +249,17 @@ def test_unknown_flush_mode_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("RTVOICE_VENDOR_FLUSH", "sometimes")
     with pytest.raises(ValueError, match="RTVOICE_VENDOR_FLUSH must be one of immediate, iteration"):
         ort._vendor_flush_mode()
+
+
+@pytest.mark.parametrize("mode", ["openai", "openai-elevenlabs"])
+def test_serve_preflight_refuses_a_bad_flush_mode(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """A bad ``RTVOICE_VENDOR_FLUSH`` stops start-up with the variable's name (not every call's link)."""
+    from rtvoice.agents.registry import preflight
+    from rtvoice.config import ConfigError
+
+    settings = Settings(agent=mode, openai_api_key="sk-test", elevenlabs_api_key="el-test")
+    monkeypatch.setenv("RTVOICE_VENDOR_FLUSH", "sometimes")
+    with pytest.raises(ConfigError, match="RTVOICE_VENDOR_FLUSH"):
+        preflight(settings)
+    monkeypatch.setenv("RTVOICE_VENDOR_FLUSH", "iteration")
+    preflight(settings)

@@ -50,6 +50,7 @@ from websockets.protocol import State as _WsState
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.vendor_common import FromPcm8k, ToUlaw8k, Usage, b64decode, clamp_audio_end_ms
+from rtvoice.config import ConfigError
 from rtvoice.server import loadprobe as _loadprobe
 from rtvoice.server.clientframes import text_frame
 
@@ -643,10 +644,17 @@ VENDOR_FLUSH_MODES = ("immediate", "iteration")
 
 
 def _vendor_flush_mode() -> str:
+    """``RTVOICE_VENDOR_FLUSH`` (read per link, like ``RTVOICE_FASTPATH``; ``serve`` checks it at start-up
+    through :func:`rtvoice.agents.registry.preflight`, so a bad value stops the server, not every call)."""
     mode = os.environ.get("RTVOICE_VENDOR_FLUSH", "immediate").strip().lower() or "immediate"
     if mode not in VENDOR_FLUSH_MODES:
-        raise ValueError(f"RTVOICE_VENDOR_FLUSH must be one of {', '.join(VENDOR_FLUSH_MODES)}, not {mode!r}")
+        raise ConfigError(f"RTVOICE_VENDOR_FLUSH must be one of {', '.join(VENDOR_FLUSH_MODES)}, not {mode!r}")
     return mode
+
+
+def check_vendor_flush() -> None:
+    """Start-up check of ``RTVOICE_VENDOR_FLUSH``: raises :class:`ConfigError` naming it on a bad value."""
+    _vendor_flush_mode()
 
 
 _FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
