@@ -223,12 +223,20 @@ def _param(loc: Sequence[int | str]) -> str:
     return "".join(parts)
 
 
+_APPEND_TYPE = "input_audio_buffer.append"
+_APPEND_KEYS = frozenset({"type", "audio", "event_id"})
+_COLONS = frozenset({":", ": "})  # compact (rtvoice's templates) and json.dumps' default (the openai SDK)
+_COMMAS = frozenset({",", ", "})
+_MAX_APPEND_AUDIO = 15 * 1024 * 1024  #: bytes of audio per append (OpenAI's limit)
+
+
 class EventValidator:
     """Validates raw client frames against the openai SDK's Realtime client-event models (sans-I/O)."""
 
     def __init__(self) -> None:
         self._models = _client_event_models()
         self._adapters = {t: TypeAdapter(m) for t, m in self._models.items()}
+        self._append_model = self._models[_APPEND_TYPE]
 
     @property
     def event_types(self) -> list[str]:
@@ -237,6 +245,74 @@ class EventValidator:
 
     def validate(self, text: str | bytes) -> tuple[BaseModel, JSON]:
         """Parse one frame; returns (SDK model, the raw dict) or raises :class:`ClientEventError`."""
+        model, raw, _audio = self.validate_with_audio(text)
+        return model, raw
+
+    def validate_with_audio(self, text: str | bytes) -> tuple[BaseModel, JSON, bytes | None]:
+        """Like :meth:`validate`, plus the decoded audio of an ``input_audio_buffer.append`` (else None).
+
+        Appends are ~all of the traffic (one per 40 ms per call), so a plainly written one (see
+        :meth:`_fast_append`) skips ``json.loads`` + pydantic and its audio is decoded once, here; everything
+        else -- and any append the fast path is not sure about -- goes through the full schema path.
+        """
+        fast = self._fast_append(text)
+        if fast is not None:
+            return fast
+        return self._validate_full(text)
+
+    def _fast_append(self, text: str | bytes) -> tuple[BaseModel, JSON, bytes] | None:
+        """An append in a plain layout, validated without the JSON parser; None = "not sure, use the full path".
+
+        Accepted: one flat object whose keys are exactly ``type`` + ``audio`` (+ optional ``event_id``), in any
+        order, each once, separated by ``,``/``:`` with at most the one space ``json.dumps`` puts after them,
+        all values plain ASCII strings without escapes or control characters (so the text between two ``"`` IS
+        the value), ``type`` the append literal and ``audio`` strict base64 within the size limit. For such a
+        text json.loads + the SDK model + ``_semantic`` cannot reject, so the outcome is the same; every
+        error (bad base64, oversize, escapes, odd layouts) is left to the full path, which words it.
+        """
+        if isinstance(text, bytes):
+            if not (text[:2] == b'{"' and text[-2:] == b'"}' and text.isascii()) or b"\\" in text:
+                return None
+            parts: list[str] = text.decode("ascii").split('"')
+        else:
+            if not (text[:2] == '{"' and text[-2:] == '"}' and text.isascii()) or "\\" in text:
+                return None
+            parts = text.split('"')
+        # '{', k1, ':', v1, ',', k2, ':', v2, '}'  -> 9 parts for two members, 13 for three.
+        n = len(parts)
+        if n != 9 and n != 13:
+            return None
+        if parts[0] != "{" or parts[-1] != "}":
+            return None
+        raw: JSON = {}
+        for i in range(1, n - 1, 4):
+            if parts[i + 1] not in _COLONS or (i + 3 < n - 1 and parts[i + 3] not in _COMMAS):
+                return None
+            key = parts[i]
+            if key in raw or key not in _APPEND_KEYS:
+                return None
+            raw[key] = parts[i + 2]
+        if raw.get("type") != _APPEND_TYPE or "audio" not in raw:
+            return None
+        event_id = raw.get("event_id")
+        # JSON strings may not hold control characters (json.loads rejects them): only printable ASCII here.
+        if event_id is not None and not event_id.isprintable():
+            return None
+        audio_b64: str = raw["audio"]
+        if len(audio_b64) * 3 // 4 > _MAX_APPEND_AUDIO:
+            return None
+        try:
+            # strict_mode accepts a subset of what b64decode(validate=True) accepts, with the same bytes
+            # (tests/test_sim_openai_emulator_fastappend.py); anything it refuses goes the full path.
+            audio = binascii.a2b_base64(audio_b64, strict_mode=True)
+        except binascii.Error:
+            return None
+        # The same fields (and fields_set) validate_python would give, without re-checking them.
+        model = self._append_model.model_construct(**raw)
+        return model, raw, audio
+
+    def _validate_full(self, text: str | bytes) -> tuple[BaseModel, JSON, bytes | None]:
+        """The full path: json.loads, the SDK's pydantic model, unknown-field walk, semantic rules."""
         try:
             raw = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -272,8 +348,7 @@ class EventValidator:
             raise ClientEventError(
                 f"Unknown parameter: '{extras[0]}'.", "unknown_parameter", extras[0], event_id
             )
-        self._semantic(etype, raw, event_id)
-        return model, raw
+        return model, raw, self._semantic(etype, raw, event_id)
 
     @staticmethod
     def _translate(exc: ValidationError, raw: JSON, event_id: str | None) -> ClientEventError:
@@ -306,8 +381,8 @@ class EventValidator:
         )
 
     @staticmethod
-    def _semantic(etype: str, raw: JSON, event_id: str | None) -> None:
-        # Rules the schema cannot express but the service enforces.
+    def _semantic(etype: str, raw: JSON, event_id: str | None) -> bytes | None:
+        # Rules the schema cannot express but the service enforces; returns an append's decoded audio.
         if etype == "session.update":
             mods = raw["session"].get("output_modalities")
             if mods is not None and (len(mods) != 1):
@@ -320,7 +395,7 @@ class EventValidator:
                 )
         if etype == "input_audio_buffer.append":
             try:
-                base64.b64decode(raw["audio"], validate=True)
+                audio = base64.b64decode(raw["audio"], validate=True)
             except (binascii.Error, ValueError):
                 raise ClientEventError(
                     "Invalid 'audio'. Expected base64-encoded audio bytes.",
@@ -328,13 +403,15 @@ class EventValidator:
                     "audio",
                     event_id,
                 ) from None
-            if len(raw["audio"]) * 3 // 4 > 15 * 1024 * 1024:
+            if len(raw["audio"]) * 3 // 4 > _MAX_APPEND_AUDIO:
                 raise ClientEventError(
                     "Audio chunk too large: at most 15 MiB per input_audio_buffer.append.",
                     "invalid_value",
                     "audio",
                     event_id,
                 )
+            return audio
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- audio formats
@@ -728,12 +805,15 @@ class RealtimeSession:
     async def handle(self, message: str | bytes) -> None:
         """Validate and apply one client frame."""
         try:
-            model, raw = self.emulator.validator.validate(message)
+            model, raw, audio = self.emulator.validator.validate_with_audio(message)
         except ClientEventError as exc:
             await self.error(exc.message, exc.code, exc.param, exc.event_id)
             return
         self.received.append(raw)
         self.emulator._notify()
+        if audio is not None:  # an append, validated and decoded once (the hot path: skip the getattr)
+            await self._on_input_audio_buffer_append(model, raw, audio)
+            return
         handler: Callable[[Any, JSON], Any] = getattr(self, "_on_" + raw["type"].replace(".", "_"))
         await handler(model, raw)
 
@@ -778,8 +858,11 @@ class RealtimeSession:
 
     # ---- input audio buffer
 
-    async def _on_input_audio_buffer_append(self, model: Any, raw: JSON) -> None:
-        data = base64.b64decode(raw["audio"])
+    async def _on_input_audio_buffer_append(
+        self, model: Any, raw: JSON, data: bytes | None = None
+    ) -> None:
+        if data is None:  # the validator hands the decoded audio over; this is for direct callers
+            data = base64.b64decode(raw["audio"])
         self._buffer.extend(data)
         self._user_audio_ms += len(data) / bytes_per_ms(self.input_format)
         if self._vad is None:
