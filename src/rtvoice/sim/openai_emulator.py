@@ -236,7 +236,7 @@ class EventValidator:
     def __init__(self) -> None:
         self._models = _client_event_models()
         self._adapters = {t: TypeAdapter(m) for t, m in self._models.items()}
-        self._append_model = self._models[_APPEND_TYPE]
+        self._append_adapter = self._adapters[_APPEND_TYPE]
 
     @property
     def event_types(self) -> list[str]:
@@ -307,8 +307,9 @@ class EventValidator:
             audio = binascii.a2b_base64(audio_b64, strict_mode=True)
         except binascii.Error:
             return None
-        # The same fields (and fields_set) validate_python would give, without re-checking them.
-        model = self._append_model.model_construct(**raw)
+        # The SDK model still comes from the schema (validate_python on the dict: ~1 us; model_construct is
+        # ~12 us in pydantic 2), and it cannot fail or hold extras for these three string members.
+        model = self._append_adapter.validate_python(raw)
         return model, raw, audio
 
     def _validate_full(self, text: str | bytes) -> tuple[BaseModel, JSON, bytes | None]:
