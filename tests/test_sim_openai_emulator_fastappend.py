@@ -263,3 +263,21 @@ def test_other_event_types_are_untouched() -> None:
         text = json.dumps(obj, separators=(",", ":"))
         assert VALIDATOR._fast_append(text) is None
         assert assert_same(text)[0] == "ok"
+
+
+def test_strict_base64_subset_exhaustively_on_short_strings() -> None:
+    """Every string of up to 6 characters over data characters with different trailing bits, padding and
+    a newline: strict acceptance implies validate=True acceptance with the same bytes."""
+    import itertools
+
+    accepted = 0
+    for length in range(7):
+        for chars in itertools.product("AQ/=\n", repeat=length):
+            cand = "".join(chars)
+            try:
+                strict = binascii.a2b_base64(cand, strict_mode=True)
+            except binascii.Error:
+                continue
+            accepted += 1
+            assert base64.b64decode(cand, validate=True) == strict
+    assert accepted > 100  # the loop really exercised the accepting side
