@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from rtvoice.server import loadprobe
 from rtvoice.server.loadprobe import BUCKET_NS, Histogram, LoadProbe
 
@@ -30,22 +32,26 @@ def test_frame_without_defer_is_recorded_at_once() -> None:
     assert p.frame.count == 1 and p.frame.counts[3] == 1 and p.send_defer.count == 0
 
 
-def test_deferred_frame_counts_until_the_write() -> None:
+def test_deferred_frame_counts_until_the_write(monkeypatch: pytest.MonkeyPatch) -> None:
     """A frame whose bytes are written later counts from its start to the write, not to the end of
-    ``on_text``; the wait after the frame is in ``send_defer``."""
+    ``on_text``; the wait after the frame is in ``send_defer``. (A fake clock: the accounting, not the
+    machine's timing, is under test.)"""
+    clock = [1_000_000_000]
+    monkeypatch.setattr(loadprobe, "perf_ns", lambda: clock[0])
     p = LoadProbe()
     held: list[int] = []
-    t0 = time.perf_counter_ns()
-    p.defer(held)  # the sender queued the frame's bytes during the frame
-    processing = time.perf_counter_ns() - t0 + 1_000
-    p._on_frame(processing)
-    assert p.frame.count == 0 and len(held) == 2  # not recorded yet
-    time.sleep(0.003)  # the rest of the iteration
+    # the frame started at t, the sender queued its bytes 20 µs in, the frame ended 30 µs in
+    start = clock[0]
+    clock[0] += 20_000
+    p.defer(held)
+    clock[0] += 10_000
+    p._on_frame(clock[0] - start)
+    assert p.frame.count == 0 and held == [start, start + 30_000]  # not recorded yet
+    clock[0] += 3_000_000  # the rest of the iteration
     p.sent(held)
     assert held == []
-    assert p.frame.count == 1 and p.send_defer.count == 1
-    assert p.frame.max_ns >= 3_000_000 + processing - 1_000
-    assert 3_000_000 <= p.send_defer.max_ns <= p.frame.max_ns
+    assert p.frame.count == 1 and p.frame.max_ns == 3_030_000
+    assert p.send_defer.count == 1 and p.send_defer.max_ns == 3_000_000
 
 
 def test_defer_outside_a_frame_is_not_taken_by_the_next_frame() -> None:
