@@ -41,6 +41,14 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return status, headers, body
 
 
+async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection (each read bounded by ``TIMEOUT``)."""
+    data = b""
+    while chunk := await asyncio.wait_for(reader.read(65536), TIMEOUT):
+        data += chunk
+    return data
+
+
 async def at_eof(reader: asyncio.StreamReader) -> bool:
     """True when the server closes the connection (after any remaining bytes) within ``TIMEOUT``."""
     try:

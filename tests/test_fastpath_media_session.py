@@ -10,8 +10,6 @@ audio, bit-exact, even though the kernel reuses one buffer: also for the frames 
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 from collections.abc import Callable
 
 import pytest
@@ -28,6 +26,7 @@ from rtvoice.server.api import App, Request, WebSocket, WebSocketHandler
 from rtvoice.sim.twilio import CallScript, SimulatedTwilio
 from server_testutil import TIMEOUT, Recorder
 from server_testutil import serving as serving_app
+from test_server_websocket import _upgrade_request
 
 SPEED = 5.0
 CALL_TIMEOUT = 60.0
@@ -63,14 +62,6 @@ def bytes_app(handlers: list[BytesRecorder]) -> App:
 
     app.websocket("/ws", accept)
     return app
-
-
-def _upgrade_request() -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
-    ).encode()
 
 
 async def test_raw_bytes_hook_first_then_strict_text() -> None:

@@ -10,7 +10,7 @@ from websockets.frames import Frame, Opcode
 
 from rtvoice.server.api import App, Request, WebSocket
 from rtvoice.server.websocket import WebSocketConnection
-from server_testutil import TIMEOUT, serving
+from server_testutil import TIMEOUT, read_to_eof, serving
 from test_server_websocket import _upgrade_request
 
 
@@ -71,12 +71,7 @@ async def test_one_write_per_read_in_order_and_close_after_the_corked_frames() -
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101")
         writer.write(_client_frame(b"a") + _client_frame(b"b") + _client_frame(b"bye"))
-        data = b""
-        while True:
-            chunk = await asyncio.wait_for(reader.read(65536), TIMEOUT)
-            if not chunk:
-                break
-            data += chunk
+        data = await read_to_eof(reader)
         writer.close()
     texts = []
     pos = 0

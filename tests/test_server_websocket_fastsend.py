@@ -19,7 +19,7 @@ from websockets.frames import Frame, Opcode
 from rtvoice.server import websocket as ws_module
 from rtvoice.server.api import App, Request, WebSocket
 from rtvoice.server.websocket import server_text_frame
-from server_testutil import TIMEOUT, serving
+from server_testutil import TIMEOUT, read_to_eof, serving
 from test_server_websocket import _upgrade_request
 
 _BOUNDARY_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
@@ -94,12 +94,7 @@ async def _session(monkeypatch: pytest.MonkeyPatch, fast: bool) -> bytes:
         writer.write(b"".join(msgs[5:]))
         await asyncio.sleep(0.05)  # the 'later' texts leave from the timer callback
         writer.write(_client(Opcode.TEXT, b"bye"))
-        data = b""
-        while True:
-            chunk = await asyncio.wait_for(reader.read(65536), TIMEOUT)
-            if not chunk:
-                break
-            data += chunk
+        data = await read_to_eof(reader)
         writer.close()
     return data
 
