@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -65,11 +66,14 @@ def test_defer_outside_a_frame_is_not_taken_by_the_next_frame() -> None:
     assert held == [] and p.frame.count == 1
 
 
-def test_snapshot_reports_and_resets_send_defer() -> None:
+def test_snapshot_reports_and_resets_send_defer(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1_000_000_000]
+    monkeypatch.setattr(loadprobe, "perf_ns", lambda: clock[0])
     p = LoadProbe()
     held: list[int] = []
     p.defer(held)
-    p._on_frame(1_000_000)
+    clock[0] += 500_000
+    p._on_frame(1_000_000)  # the frame started before the deferral
     p.sent(held)
     snap = p.snapshot(reset=True)
     assert snap["send_defer"]["count"] == 1 and snap["frame"]["count"] == 1
@@ -91,7 +95,10 @@ def test_register_publishes_the_probe() -> None:
         probe = loadprobe.register(App())
         assert loadprobe.PROBE is probe
         assert metrics.FRAME_STATS.tap == probe._on_frame
+        probe.watch_gc()  # a second call installs nothing more
+        assert gc.callbacks.count(probe._on_gc) == 1
     finally:
         metrics.FRAME_STATS.tap = old_tap
+        if loadprobe.PROBE is not None:
+            loadprobe.PROBE.unwatch_gc()
         loadprobe.PROBE = None
-        loadprobe._probe = None

@@ -157,16 +157,23 @@ class LoadProbe:
         wait for every frame queued behind it."""
         import gc
 
-        def on_gc(phase: str, info: dict[str, Any]) -> None:
-            if phase == "start":
-                self._gc_t0 = time.perf_counter_ns()
-            else:
-                self.gc_pause.record(time.perf_counter_ns() - self._gc_t0)
-                if info.get("generation") == 2:
-                    self.gc_gen2 += 1
+        if self._on_gc not in gc.callbacks:  # a bound method compares equal to itself: installed once
+            gc.callbacks.append(self._on_gc)
 
-        if on_gc not in gc.callbacks:
-            gc.callbacks.append(on_gc)
+    def unwatch_gc(self) -> None:
+        """Remove the GC callback :meth:`watch_gc` installed (tests)."""
+        import gc
+
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter_ns()
+        else:
+            self.gc_pause.record(time.perf_counter_ns() - self._gc_t0)
+            if info.get("generation") == 2:
+                self.gc_gen2 += 1
 
     def tap_metrics(self) -> None:
         """Record every per-frame processing time (``metrics.FRAME_STATS``, the source of
@@ -249,7 +256,6 @@ class LoadProbe:
         return out
 
 
-_probe: LoadProbe | None = None
 #: The registered probe (None unless the server runs with the probe): senders that defer writes report here.
 PROBE: LoadProbe | None = None
 
@@ -259,8 +265,8 @@ def register(app: Any) -> LoadProbe:
     first request to the endpoint (the benchmark calls it before measuring)."""
     from rtvoice.server.api import Request, Response
 
-    global _probe, PROBE
-    probe = _probe = PROBE = _probe or LoadProbe()
+    global PROBE
+    probe = PROBE = PROBE or LoadProbe()
     probe.tap_metrics()
     probe.watch_gc()
 
