@@ -30,7 +30,7 @@ from rtvoice.agents.echo import EchoAgent
 from rtvoice.call.ledger import PlaybackLedger
 from rtvoice.call.pacing import Pacer
 from rtvoice.config import Settings
-from rtvoice.server.websocket import server_text_frame
+from rtvoice.server.clientframes import server_text_frame
 from rtvoice.twilio.media import MessageWriter
 from rtvoice.vad import VoiceActivity
 

@@ -18,7 +18,7 @@ from websockets.frames import Frame, Opcode
 
 from rtvoice.server import websocket as ws_module
 from rtvoice.server.api import App, Request, WebSocket
-from rtvoice.server.websocket import server_text_frame
+from rtvoice.server.clientframes import server_text_frame
 from server_testutil import TIMEOUT, read_to_eof, serving
 from test_server_websocket import _upgrade_request
 

@@ -25,10 +25,30 @@ try:
 except ImportError:  # pragma: no cover - the C speedups ship with the wheels
     from websockets.utils import apply_mask
 
-__all__ = ["MASKS", "MaskPool", "text_frame"]
+__all__ = ["MASKS", "MaskPool", "server_text_frame", "text_frame", "text_head"]
 
 _H16 = struct.Struct("!BBH")
 _H64 = struct.Struct("!BBQ")
+#: FIN + text opcode and the 7-bit length byte for payloads under 126 bytes, unmasked (server) and masked (client)
+_HEAD7 = tuple(bytes((0x81, n)) for n in range(126))
+_HEAD7_MASKED = tuple(bytes((0x81, 0x80 | n)) for n in range(126))
+
+
+def text_head(n: int, masked: bool) -> bytes:
+    """The header of an unfragmented text frame with an ``n``-byte payload (RFC 6455 section 5.2), without the
+    masking key."""
+    if n < 126:
+        return _HEAD7_MASKED[n] if masked else _HEAD7[n]
+    bit = 0x80 if masked else 0
+    if n < 65536:
+        return _H16.pack(0x81, bit | 126, n)
+    return _H64.pack(0x81, bit | 127, n)
+
+
+def server_text_frame(data: bytes) -> bytes:
+    """One unfragmented, unmasked text frame carrying ``data`` (UTF-8): the bytes of websockets'
+    ``Frame(OP_TEXT, data).serialize(mask=False)`` without extensions (server frames are never masked)."""
+    return text_head(len(data), False) + data
 
 
 class MaskPool:
@@ -61,11 +81,4 @@ def text_frame(payload: bytes, mask: bytes | None = None) -> bytes:
     """One unfragmented, masked text frame carrying ``payload`` (UTF-8 already), keyed from :data:`MASKS`."""
     if mask is None:
         mask = MASKS.take()
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        head = _H16.pack(0x81, 0x80 | 126, n)
-    else:
-        head = _H64.pack(0x81, 0x80 | 127, n)
-    return b"".join((head, mask, apply_mask(payload, mask)))
+    return b"".join((text_head(len(payload), True), mask, apply_mask(payload, mask)))

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -41,6 +39,8 @@ from websockets.server import ServerProtocol
 
 from rtvoice import metrics
 from rtvoice.server.api import Request, WebSocket, WebSocketHandler
+from rtvoice.server.clientframes import server_text_frame
+from rtvoice.server.fastframes import ENABLED as FASTPATH_ENABLED
 from rtvoice.server.fastframes import fast_ready, next_data_frame
 from rtvoice.server.limits import ErrorKind, ServerLimits, close_code
 
@@ -65,23 +65,7 @@ _PAUSED_BY_APP = 2
 _BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 #: ``RTVOICE_FASTPATH=0`` sends every frame through websockets' ``send_text`` (A/B runs).
-_FAST_SEND = os.environ.get("RTVOICE_FASTPATH", "1") != "0"
-#: FIN + text opcode and the 7-bit length byte (server frames are never masked), for payloads under 126 bytes.
-_HEAD7 = tuple(bytes((0x81, n)) for n in range(126))
-_HEAD16 = struct.Struct("!BBH")
-_HEAD64 = struct.Struct("!BBQ")
-
-
-def server_text_frame(data: bytes) -> bytes:
-    """One unfragmented, unmasked text frame carrying ``data`` (UTF-8): the bytes of websockets'
-    ``Frame(OP_TEXT, data).serialize(mask=False)`` without extensions (RFC 6455 section 5.2)."""
-    n = len(data)
-    if n < 126:
-        return _HEAD7[n] + data
-    if n < 65536:
-        return _HEAD16.pack(0x81, 126, n) + data
-    return _HEAD64.pack(0x81, 127, n) + data
-
+_FAST_SEND = FASTPATH_ENABLED
 
 def prepare_handshake(request: Request, limits: ServerLimits) -> tuple[ServerProtocol, bytes | None]:
     """Run the opening handshake's checks for an upgrade ``request`` (already parsed by h11).
