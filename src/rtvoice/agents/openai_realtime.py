@@ -24,10 +24,10 @@ messages, JSON/base64 work and syscalls per call; 40 ms is the middle ground (th
 example buffers 50 ms). Server VAD waits ~500 ms of silence anyway, so 20 ms of batching is ~4 % of the turn
 gap.
 
-Uplink writes: when nothing else is queued, a full batch becomes an append queued on the link and written at
-the end of the event-loop iteration together with every other link's (:class:`_Flusher`, at most 0.5 ms
-later), so the vendor's process is woken once per burst instead of once per append; the sender task sends
-anything else, after the queued appends. The load probe counts that wait as server-added latency.
+Uplink writes: when nothing else is queued and the sender is idle, a full batch is written at once, during the
+frame that completes it; the sender task sends anything else. (Writing one event-loop iteration's appends
+together at its end, to wake the vendor's process once per burst, was tried and measured not to pay: see
+docs/performance.md.)
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ import contextlib
 import json
 import logging
 import os
-import time
-import weakref
 from binascii import b2a_base64
 from collections import deque
 from collections.abc import Callable
@@ -50,8 +48,6 @@ from websockets.protocol import State as _WsState
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.vendor_common import FromPcm8k, ToUlaw8k, Usage, b64decode, clamp_audio_end_ms
-from rtvoice.config import ConfigError
-from rtvoice.server import loadprobe as _loadprobe
 from rtvoice.server.clientframes import text_frame
 
 if TYPE_CHECKING:
@@ -569,104 +565,6 @@ class RealtimeCore:
     }
 
 
-class _Flusher:
-    """The appends of one event-loop iteration, written together (one per event loop).
-
-    ``push_audio`` frames nothing and writes nothing: it queues the append's JSON on its link and registers the
-    link here; the first registration of an iteration schedules :meth:`flush` with ``call_soon``. Under uvloop
-    a callback made ready by an I/O callback runs after all I/O callbacks of that iteration (and the next
-    iteration's timers), so the inbound frames read in one iteration are all processed first and their appends
-    then leave back to back, one ``send`` per link. Why: a ``send`` on loopback TCP that wakes the vendor
-    process asleep in ``epoll`` costs ~20-29 µs on this VM (the wake-up IPI), one made while it is still awake
-    ~6-10 µs; the appends of a burst mostly find it awake. Costs the rest of the iteration in latency, which the
-    load probe counts (``RealtimeLink._probe_t0s``, :meth:`rtvoice.server.loadprobe.LoadProbe.defer`).
-
-    The wait is bounded: an iteration that works through a backlog (the process was descheduled, a GC pause)
-    can take tens of ms, so once the oldest queued append has waited ``max_wait_ns`` the next one flushes
-    everything queued at once (at 400 calls ~20 frames arrive per ms: bursts of ~5 appends at 0.5 ms).
-
-    **Off by default** (``RTVOICE_VENDOR_FLUSH=iteration`` turns it on): measured on this 2-vCPU VM it did not
-    pay. Load A/B at 400 pcmu calls, quiet pairs (run-queue waits ~2 %): 41.7 µs/frame with it vs 40.5
-    without (processing p99 1.76 vs 0.09 ms, send-defer p99 2.8 ms); later, same tree, ``bench load --ab 400
-    --ab-env RTVOICE_VENDOR_FLUSH=iteration``: 39.3 vs 40.0 µs/frame (processing p99 1.30 vs 0.09 ms,
-    send-defer p99 2.1 ms). The socket floor (``bench load``, a
-    process doing only the per-frame recv + append send) is the same both ways (14.3 vs 12.8 µs/frame; with
-    25 µs of modelled work per frame 15.3/14.3 vs 14.2/14.6). Under load the vendor's core is ~90 % busy, so
-    most sends do not find its process asleep: there is little wake-up cost to save, and the wait is real.
-    """
-
-    __slots__ = ("first_ns", "links", "loop", "max_wait_ns", "scheduled")
-
-    #: Longest an append waits for the end of the iteration before the burst is written anyway.
-    MAX_WAIT_NS = 500_000
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        # weak: the flusher is the value of a WeakKeyDictionary keyed by this loop
-        self.loop = weakref.ref(loop)
-        self.links: list[RealtimeLink] = []
-        self.scheduled = False
-        self.first_ns = 0
-        self.max_wait_ns = self.MAX_WAIT_NS
-
-    def add(self, link: RealtimeLink) -> None:
-        links = self.links
-        if links:
-            if _perf_ns() - self.first_ns > self.max_wait_ns:
-                links.append(link)
-                self.links = []
-                for queued in links:
-                    queued._flush_pending()
-                return  # the call_soon already scheduled finds nothing (or what comes after) and is harmless
-        else:
-            self.first_ns = _perf_ns()
-        links.append(link)
-        if not self.scheduled:
-            loop = self.loop()
-            if loop is None or loop.is_closed():  # pragma: no cover - a link outliving its loop
-                link._flush_pending()
-                self.links.clear()
-                return
-            self.scheduled = True
-            loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """The end-of-iteration callback: write every queued append, link by link, in queueing order."""
-        links = self.links
-        self.links = []
-        self.scheduled = False
-        for link in links:
-            link._flush_pending()
-
-
-_perf_ns = time.perf_counter_ns
-#: ``RTVOICE_VENDOR_FLUSH``: how the appends leave (see :class:`_Flusher` for what was measured).
-VENDOR_FLUSH_MODES = ("immediate", "iteration")
-
-
-def _vendor_flush_mode() -> str:
-    """``RTVOICE_VENDOR_FLUSH`` (read per link, like ``RTVOICE_FASTPATH``; ``serve`` checks it at start-up
-    through :func:`rtvoice.agents.registry.preflight`, so a bad value stops the server, not every call)."""
-    mode = os.environ.get("RTVOICE_VENDOR_FLUSH", "immediate").strip().lower() or "immediate"
-    if mode not in VENDOR_FLUSH_MODES:
-        raise ConfigError(f"RTVOICE_VENDOR_FLUSH must be one of {', '.join(VENDOR_FLUSH_MODES)}, not {mode!r}")
-    return mode
-
-
-def check_vendor_flush() -> None:
-    """Start-up check of ``RTVOICE_VENDOR_FLUSH``: raises :class:`ConfigError` naming it on a bad value."""
-    _vendor_flush_mode()
-
-
-_FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = weakref.WeakKeyDictionary()
-
-
-def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
-    f = _FLUSHERS.get(loop)
-    if f is None:
-        f = _FLUSHERS[loop] = _Flusher(loop)
-    return f
-
-
 @dataclass(slots=True)
 class _Tasks:
     receiver: asyncio.Task[None] | None = None
@@ -697,17 +595,9 @@ class RealtimeLink:
         #: Messages sent by :meth:`_send_now` (the rest went through the SDK's ``send_raw``).
         self.fast_sent = 0
         self._audio = bytearray()
-        #: Appends (JSON, UTF-8) queued by :meth:`push_audio` for this iteration's flush (:class:`_Flusher`), in
-        #: order. Invariant: they precede everything in ``core.outbox`` and ``_audio`` (push_audio queues here
-        #: only when the outbox is empty and the sender is idle; anything sent later drains these first).
-        self._pend: list[bytes] = []
-        self._flusher_: _Flusher | None = None
-        self._defer_sends = _vendor_flush_mode() == "iteration"
-        #: The sender task is between taking something to send and having sent it (the flush then leaves
-        #: ``_pend`` to it, so that nothing is written twice or out of order).
+        #: The sender task is between taking something to send and having sent it (:meth:`push_audio` then
+        #: leaves the batch to it, so that nothing is written out of order).
         self._sending = False
-        #: Load-probe mode: start times (perf_counter_ns) of the frames whose append waits in ``_pend``.
-        self._probe_t0s: list[int] = []
         #: 8 kHz PCM -> 24 kHz PCM for an ``audio/pcm`` session; None passes Twilio's μ-law through untouched.
         self._to_session = None if core.pcmu else FromPcm8k(24000)
         frame_bytes = 160 if core.pcmu else 960
@@ -729,7 +619,6 @@ class RealtimeLink:
         manager = client.realtime.connect(model=self.settings.openai_model)
         self._conn = await asyncio.wait_for(manager.enter(), self.connect_timeout_s)
         self._bind_fast_send()
-        self._flusher_ = _flusher(asyncio.get_running_loop())
         self.connected = True
 
     async def connect(self, *, report: bool = True) -> bool:
@@ -769,58 +658,17 @@ class RealtimeLink:
 
     def push_audio(self, data: Any) -> None:
         """Hot path: queue one frame of audio in the session format (any buffer). A full batch is written at
-        once (or, with ``RTVOICE_VENDOR_FLUSH=iteration``, queued for the end of this loop iteration, see
-        :class:`_Flusher`), or, when anything is queued before it or the direct path is off, left to the
-        sender task."""
+        once, or, when anything is queued before it or the direct path is off, left to the sender task."""
         audio = self._audio
         audio += data
         if len(audio) >= self._batch_bytes:
-            if self.connected and not self.core.outbox and self._ws is not None and not self._sending:
-                pend = self._pend
-                first = not pend
-                if first and not self._defer_sends:
-                    if self._send_now_bytes(
-                        _APPEND_PREFIX_B + b2a_base64(audio, newline=False) + _APPEND_SUFFIX_B
-                    ):
-                        audio.clear()
-                        return
-                    self._wake.set()
-                    return
-                pend.append(_APPEND_PREFIX_B + b2a_base64(audio, newline=False) + _APPEND_SUFFIX_B)
+            if (
+                self.connected and not self.core.outbox and self._ws is not None and not self._sending
+                and self._send_now_bytes(_APPEND_PREFIX_B + b2a_base64(audio, newline=False) + _APPEND_SUFFIX_B)
+            ):
                 audio.clear()
-                if first:
-                    self._flusher_.add(self)  # type: ignore[union-attr]  # set with _ws, in _open
-                if pend:  # still queued (add() writes at once when the burst has waited long enough)
-                    probe = _loadprobe.PROBE
-                    if probe is not None:
-                        probe.defer(self._probe_t0s)
                 return
             self._wake.set()
-
-    def _flush_pending(self) -> None:
-        """Write the queued appends (the flusher, or anything about to send on this link). When the direct
-        path cannot take them (see :meth:`_send_now_bytes`), they stay queued and the sender task sends them
-        first, through the SDK."""
-        pend = self._pend
-        if not pend or self._sending:
-            if pend:
-                self._wake.set()
-            return
-        if not self.connected:
-            return  # the sender drops them with the reconnect gap's audio
-        if self._send_now_bytes(pend[0]) if len(pend) == 1 else self._send_frames(pend):
-            pend.clear()
-            if self._probe_t0s:
-                self._probe_sent()
-        else:
-            self._wake.set()
-
-    def _probe_sent(self) -> None:
-        """Load-probe mode: the queued appends left now (each frame's server time runs to this write)."""
-        probe = _loadprobe.PROBE
-        if probe is not None:
-            probe.sent(self._probe_t0s)
-        self._probe_t0s.clear()
 
     def _bind_fast_send(self) -> None:
         """Find the websockets connection under the SDK's connection object, for :meth:`_send_now`; None (the
@@ -849,46 +697,19 @@ class RealtimeLink:
         """
         return self._send_now_bytes(msg.encode())
 
-    def _send_frames(self, payloads: list[bytes]) -> bool:
-        """Several payloads, one text frame each, in one ``transport.write`` (:meth:`_send_now_bytes`'s
-        conditions)."""
-        if not self._plain():
-            return False
-        ws = self._conn._connection
-        if ws.protocol.writes:
-            ws.send_data()
-        ws.transport.write(b"".join([text_frame(p) for p in payloads]))
-        self.fast_sent += len(payloads)
-        return True
-
-    def _plain(self) -> bool:
-        """True when the SDK's own send would end in exactly ``protocol.send_text`` + ``send_data`` now: not
-        closed or reconnecting, nothing queued or being flushed in its send queue, the websockets connection
-        open, no extension, no fragmented message, not paused by backpressure, the transport not closing."""
-        conn = self._conn
-        if self._ws is None or conn is None:
-            return False
-        # the SendQueue's own ``bool()`` takes a threading lock (~2 % of the loop under load); the async
-        # connection only touches the queue from this thread, so its two fields are read directly: nothing
-        # queued and no batch being flushed (the check ``send_raw`` makes before writing directly)
-        q = conn._send_queue
-        ws = conn._connection  # looked up each time: the SDK replaces it when it reconnects
-        proto = ws.protocol
-        return not (
-            conn._intentionally_closed or conn._is_reconnecting or q._queue or q._pending is not None
-            or proto.state is not _WS_OPEN or proto.extensions or proto.expect_continuation_frame
-            or ws.send_in_progress is not None or ws.paused or ws.transport.is_closing()
-        )
-
     def _send_now_bytes(self, payload: bytes) -> bool:
         """:meth:`_send_now` for an already UTF-8 payload. The frame is built by
         :func:`rtvoice.server.clientframes.text_frame` (the bytes websockets' ``Frame.serialize`` makes, with
         the masking key from a pool drawn from ``os.urandom`` in 4 KiB blocks instead of one ``getrandom``
         syscall per frame) and written straight to the transport; the library's own pending writes (a pong)
         leave first. Only without extensions (none are negotiated: ``compression=None``)."""
-        # :meth:`_plain` inlined (the hot path: one append per call every 40 ms); the send queue is the
-        # connection's for its whole life, the websockets connection is looked up each time (the SDK replaces
-        # it when it reconnects itself)
+        # the conditions under which the SDK's own send would end in exactly ``protocol.send_text`` +
+        # ``send_data`` now: not closed or reconnecting, nothing queued or being flushed in its send queue, the
+        # websockets connection open, no extension, no fragmented message, not paused by backpressure, the
+        # transport not closing. The SendQueue's own ``bool()`` takes a threading lock (~2 % of the loop under
+        # load); the async connection only touches the queue from this thread, so its two fields are read
+        # directly. The send queue is the connection's for its whole life, the websockets connection is
+        # looked up each time (the SDK replaces it when it reconnects itself).
         conn = self._conn
         if self._ws is None or conn is None:
             return False
@@ -913,15 +734,12 @@ class RealtimeLink:
         self._wake.set()
 
     async def _sender(self) -> None:
-        pend = self._pend
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             if not self.connected:
                 # audio during a reconnect gap cannot be delivered meaningfully
                 self._audio.clear()
-                pend.clear()
-                self._probe_t0s.clear()
                 continue
             try:
                 await self._drain()
@@ -929,21 +747,11 @@ class RealtimeLink:
                 await asyncio.sleep(0.05)
 
     async def _drain(self) -> None:
-        """Send, in order: the queued appends (they were queued before anything in the outbox), the outbox,
-        the partial audio batch. Each item leaves the queue only once sent; ``_sending`` keeps
-        :meth:`push_audio` and the flusher from writing around an item in flight."""
+        """Send, in order: the outbox, the partial audio batch. Each item leaves the queue only once sent;
+        ``_sending`` keeps :meth:`push_audio` from writing around an item in flight."""
         outbox = self.core.outbox
-        pend = self._pend
         self._sending = True
         try:
-            if pend:
-                if not self._send_frames(pend):
-                    while pend:
-                        await self._conn.send_raw(pend[0].decode())
-                        del pend[0]
-                pend.clear()
-                if self._probe_t0s:
-                    self._probe_sent()
             while outbox:
                 if not self._send_now(outbox[0]):
                     await self._conn.send_raw(outbox[0])
@@ -1006,8 +814,6 @@ class RealtimeLink:
         up.
         """
         self.connected = False
-        self._pend.clear()  # appends of the lost session: dropped with the reconnect gap's audio
-        self._probe_t0s.clear()
         rcvd = getattr(exc, "rcvd", None)
         code = getattr(rcvd, "code", None)
         reason = getattr(rcvd, "reason", "") or str(exc)
@@ -1036,12 +842,6 @@ class RealtimeLink:
         return False
 
     async def close(self) -> None:
-        # appends queued in this iteration leave before the close frame (as they did when written at once)
-        if self._pend and self.connected and not self._sending:
-            with contextlib.suppress(Exception):
-                self._flush_pending()
-                if self._pend:
-                    await asyncio.wait_for(self._drain(), 2.0)
         self._closing = True
         self._wake.set()
         for task in (self._tasks.receiver, self._tasks.sender, self._tasks.watchdog):

@@ -43,10 +43,6 @@ def preflight(settings: Settings, mode: str | None = None) -> None:
     chosen = mode or settings.agent
     # A missing key for the chosen mode stops startup with the variable's name, not a fault at the first call.
     settings.with_overrides(agent=chosen).check_agent_credentials()
-    if chosen in ("openai", "openai-elevenlabs"):  # both stream caller audio through the Realtime link
-        from rtvoice.agents.openai_realtime import check_vendor_flush
-
-        check_vendor_flush()
     check = getattr(agent_class(chosen), "preflight", None)
     if check is not None:
         check(settings)

@@ -559,8 +559,6 @@ class Row:
     us_per_frame: float = 0.0
     #: The socket floor at the same call count (:func:`measure_floor`, µs per frame); 0 = not measured.
     floor_us_per_frame: float = 0.0
-    #: p99 of the wait between a frame's end and the write of its deferred vendor append (ms; 0 if none).
-    defer_p99_ms: float = 0.0
 
     @classmethod
     def failed(cls, mode: str, calls: int, limit: str) -> Row:
@@ -624,7 +622,8 @@ class _Proc:
 # CPU per inbound frame is the floor any server pays here (loopback TCP: the kernel's receive side of each
 # send is partly charged to the sender). The reader parses each append as JSON (a vendor does at least that).
 # ``flush``: "immediate" writes each append as its frame is read (rtvoice's default), "iteration" writes the
-# appends of one event-loop iteration back to back at its end (``RTVOICE_VENDOR_FLUSH=iteration``).
+# appends of one event-loop iteration back to back at its end (what the removed ``RTVOICE_VENDOR_FLUSH=iteration``
+# did in the server; see docs/performance.md).
 
 
 def _floor_frames(mode: str) -> tuple[bytes, bytes]:
@@ -848,15 +847,6 @@ def _latency(snapshot: dict[str, Any]) -> tuple[float, float, float, float, floa
     return p50, p99, mx, lp.percentile_us(lag, 0.99) / 1000, lp.percentile_us(proc, 0.99) / 1000
 
 
-def _defer_p99_ms(snapshot: dict[str, Any]) -> float:
-    from rtvoice.server import loadprobe as lp
-
-    defer = snapshot.get("send_defer")  # absent from a baseline tree's probe
-    if not defer or not defer["count"]:
-        return 0.0
-    return lp.percentile_us({int(k): v for k, v in defer["buckets"].items()}, 0.99) / 1000
-
-
 class Scenario:
     """One mode: a server (and emulator) started once, then the ramp."""
 
@@ -1024,7 +1014,6 @@ class Scenario:
             limit="",
             passed=False,
             us_per_frame=round(1e6 * (cpu1 - cpu0) / max(1, sum(int(w["frames_sent"]) for w in windows)), 1),
-            defer_p99_ms=round(_defer_p99_ms(snap), 3),
         )
         ok_server = row.p99_ms <= args.budget_ms and row.dropped == 0 and row.lost == 0 and row.late == 0
         # A failed step is blamed on whichever process could not keep up: the generator when its own sends
@@ -1078,9 +1067,8 @@ def format_table(rows: list[Row]) -> str:
     head = (
         "| mode | calls | p50 ms | p99 ms | max ms | wait p99 | proc p99 | dropped | late | lost "
         "| server CPU % | RSS MB | RSS/call KB | vendor CPU % | gen CPU % | gen lag p99 ms "
-        "| GC max ms (gen2) | run-queue wait % | pass | CPU µs/frame | socket floor µs/frame | floor share "
-        "| send defer p99 ms |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:"
+        "| GC max ms (gen2) | run-queue wait % | pass | CPU µs/frame | socket floor µs/frame | floor share |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:"
         "|---:|\n"
     )
     lines = [
@@ -1089,7 +1077,7 @@ def format_table(rows: list[Row]) -> str:
         f"| {r.rss_per_call_kb:.0f} | {r.vendor_cpu_pct:.0f} | {r.gen_cpu_pct:.0f} | {r.gen_lag_p99_ms:.1f} "
         f"| {r.gc_max_ms:.1f} ({r.gc_gen2}) | {r.runq_pct:.1f} "
         f"| {'yes' if r.passed else 'no (' + (r.limit or 'budget') + ')'} "
-        f"| {r.us_per_frame:.1f} | {_floor_cell(r)} | {_floor_share(r)} | {r.defer_p99_ms:.2f} |"
+        f"| {r.us_per_frame:.1f} | {_floor_cell(r)} | {_floor_share(r)} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -1349,7 +1337,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "an older commit's src/ with the built _dsp copied in; the server gets PYTHONPATH=SRC")
     p.add_argument("--ab-env", action="append", default=[], metavar="NAME=VALUE",
                    help="--ab compares the server with these environment variables (on) and without (off), "
-                        "e.g. RTVOICE_VENDOR_FLUSH=iteration; repeatable")
+                        "e.g. RTVOICE_FASTPATH=0; repeatable")
     p.add_argument("--keep-going", action="store_true",
                    help="stop a mode's ramp at the server's second failure, not its first")
     p.add_argument("--profile-at", default="", help="comma list of call counts to profile with py-spy")

@@ -22,12 +22,6 @@ few hundred nanoseconds per sample and no allocation:
 The reported server-added latency is the distribution of wait + processing, assuming the two independent
 (convolution of the two histograms); its max is the sum of the maxima.
 
-- **deferred sends**: a sender that does not write a frame's bytes during the frame's processing but later in
-  the same loop iteration (the OpenAI link writes the appends of one iteration together, see
-  ``rtvoice.agents.openai_realtime._Flusher``) calls :meth:`LoadProbe.defer` while the frame is processed;
-  that frame's processing sample is then not recorded when ``on_text`` returns but when the bytes are written
-  (:meth:`LoadProbe.sent`): frame start -> write, the wait for the flush included. The wait alone (frame end
-  -> write) is kept in ``send_defer`` as well, for the report.
 """
 
 from __future__ import annotations
@@ -139,10 +133,6 @@ class LoadProbe:
     def __init__(self) -> None:
         self.loop_lag = Histogram()
         self.frame = Histogram()
-        #: Frame end -> bytes written, for frames whose send was deferred (see the module docstring).
-        self.send_defer = Histogram()
-        self._defer_to: list[int] | None = None
-        self._defer_ns = 0
         self.gc_pause = Histogram()
         self.gc_gen2 = 0
         self._gc_t0 = 0
@@ -182,32 +172,8 @@ class LoadProbe:
 
         metrics.FRAME_STATS.tap = self._on_frame
 
-    def defer(self, held: list[int]) -> None:
-        """Called by a sender, during a frame's processing, that will write the frame's bytes later: the
-        frame's sample is appended to ``held`` (start and end, ns) instead of being recorded now, and
-        recorded by :meth:`sent` when the bytes leave."""
-        self._defer_to = held
-        self._defer_ns = perf_ns()
-
     def _on_frame(self, processing_ns: int) -> None:
-        held = self._defer_to
-        if held is not None:
-            self._defer_to = None
-            end = perf_ns()
-            start = end - processing_ns
-            if start <= self._defer_ns:  # deferred by this frame (not by something outside a frame)
-                held.append(start)
-                held.append(end)
-                return
         self.frame.record(processing_ns)
-
-    def sent(self, held: list[int]) -> None:
-        """The bytes of the frames in ``held`` (see :meth:`defer`) were written now; ``held`` is cleared."""
-        now = perf_ns()
-        for i in range(0, len(held) - 1, 2):
-            self.frame.record(now - held[i])
-            self.send_defer.record(now - held[i + 1])
-        held.clear()
 
     def start(self) -> None:
         """Arm the loop-lag timer on the running loop (idempotent)."""
@@ -243,20 +209,18 @@ class LoadProbe:
             "pid": os.getpid(),
             "loop_lag": self.loop_lag.to_json(),
             "frame": self.frame.to_json(),
-            "send_defer": self.send_defer.to_json(),
             "gc_pause": self.gc_pause.to_json(),
             "gc_gen2": self.gc_gen2,
         }
         if reset:
             self.loop_lag.reset()
             self.frame.reset()
-            self.send_defer.reset()
             self.gc_pause.reset()
             self.gc_gen2 = 0
         return out
 
 
-#: The registered probe (None unless the server runs with the probe): senders that defer writes report here.
+#: The registered probe (None unless the server runs with the probe).
 PROBE: LoadProbe | None = None
 
 
