@@ -304,16 +304,3 @@ cdef class MediaKernel:
     def track(self):
         """The last accepted message's ``media.track`` (built on demand)."""
         return (<char *>self._track)[:self._track_len].decode("ascii")
-
-    def stream_sid_is(self, bytes sid):
-        """Whether the last accepted message's ``streamSid`` equals ``sid`` (ASCII bytes), without building a
-        string."""
-        cdef Py_ssize_t n = len(sid)
-        if n != self._sid_len:
-            return False
-        return (<char *>self._sid)[:n] == sid
-
-    @property
-    def capacity(self):
-        """The largest decoded payload the kernel takes (bytes); larger ones fall back."""
-        return self._capacity
