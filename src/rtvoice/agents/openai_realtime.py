@@ -47,7 +47,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from websockets.protocol import State as _WsState
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
-from rtvoice.agents.vendor_common import FromPcm8k, ToUlaw8k, Usage, b64decode, clamp_audio_end_ms
+from rtvoice.agents.vendor_common import (
+    FromPcm8k,
+    ToUlaw8k,
+    Usage,
+    b64decode,
+    cancel_all,
+    clamp_audio_end_ms,
+)
 from rtvoice.server.clientframes import text_frame
 
 if TYPE_CHECKING:
@@ -844,13 +851,8 @@ class RealtimeLink:
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        for task in (self._tasks.receiver, self._tasks.sender, self._tasks.watchdog):
-            if task is not None:
-                task.cancel()
-        for task in (self._tasks.receiver, self._tasks.sender, self._tasks.watchdog):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = self._tasks
+        await cancel_all(t for t in (tasks.receiver, tasks.sender, tasks.watchdog) if t is not None)
         self._tasks = _Tasks()
         if self._conn is not None:
             with contextlib.suppress(Exception):
@@ -922,11 +924,7 @@ class ToolRunner:
         self.kick()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(self._tasks)
 
 
 class OpenAIRealtimeAgent(Agent):
