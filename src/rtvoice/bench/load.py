@@ -621,9 +621,7 @@ class _Proc:
 # second frame to a reader on the other core. No parsing, no audio, no JSON: the bytes are precomputed. Its
 # CPU per inbound frame is the floor any server pays here (loopback TCP: the kernel's receive side of each
 # send is partly charged to the sender). The reader parses each append as JSON (a vendor does at least that).
-# ``flush``: "immediate" writes each append as its frame is read (rtvoice's default), "iteration" writes the
-# appends of one event-loop iteration back to back at its end (what the removed ``RTVOICE_VENDOR_FLUSH=iteration``
-# did in the server; see docs/performance.md).
+# Each append is written as its frame is read, as rtvoice does.
 
 
 def _floor_frames(mode: str) -> tuple[bytes, bytes]:
@@ -640,9 +638,6 @@ def _floor_server_main(argv: list[str]) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--sink-port", type=int, required=True)
     p.add_argument("--mode", default="pcmu")
-    p.add_argument("--flush", choices=("iteration", "immediate"), default="immediate")
-    p.add_argument("--work-us", type=float, default=0.0,
-                   help="busy CPU per frame (a model of the server's own work; 0 = the floor)")
     args = p.parse_args(argv)
     import resource
 
@@ -651,16 +646,6 @@ def _floor_server_main(argv: list[str]) -> int:
     media, append = _floor_frames(args.mode)
     flen = len(media)
     state = {"frames": 0}
-    pending: list[asyncio.Transport] = []
-    immediate = args.flush == "immediate"
-    work_s = args.work_us / 1e6
-    clock = time.perf_counter
-
-    def flush() -> None:
-        for tr in pending:
-            tr.write(append)
-        pending.clear()
-
     class Sink(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport: Any = transport
@@ -686,17 +671,8 @@ def _floor_server_main(argv: list[str]) -> int:
                 self.buf -= flen
                 self.n += 1
                 state["frames"] += 1
-                if work_s:
-                    until = clock() + work_s
-                    while clock() < until:
-                        pass
                 if self.n & 1 == 0 and self.vendor is not None:
-                    if immediate:
-                        self.vendor.write(append)
-                    else:
-                        if not pending:
-                            asyncio.get_running_loop().call_soon(flush)
-                        pending.append(self.vendor)
+                    self.vendor.write(append)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -778,12 +754,8 @@ def _floor_peer_main(argv: list[str]) -> int:
     return 0
 
 
-def measure_floor(
-    mode: str, n_calls: int, args: argparse.Namespace, flush: str = "immediate", work_us: float = 0.0
-) -> dict[str, float]:
-    """The socket floor at ``n_calls`` (see the section comment): server-core CPU µs per inbound frame.
-    ``work_us`` adds that much busy CPU per frame (a model of the server's own work, to see how spacing the
-    writes changes their cost; subtract it from the result)."""
+def measure_floor(mode: str, n_calls: int, args: argparse.Namespace) -> dict[str, float]:
+    """The socket floor at ``n_calls`` (see the section comment): server-core CPU µs per inbound frame."""
     sink_port, port = _free_port(), _free_port()
     mod = [sys.executable, "-m", "rtvoice.bench.load"]
     peer = _Proc([*mod, "floor-peer", "--sink-port", str(sink_port), "--mode", mode], dict(os.environ),
@@ -791,8 +763,8 @@ def measure_floor(
     server: _Proc | None = None
     try:
         peer.read("ready", 30)
-        server = _Proc([*mod, "floor-server", "--port", str(port), "--sink-port", str(sink_port), "--mode", mode,
-                        "--flush", flush, "--work-us", str(work_us)], dict(os.environ), args.server_core,
+        server = _Proc([*mod, "floor-server", "--port", str(port), "--sink-port", str(sink_port), "--mode", mode],
+                       dict(os.environ), args.server_core,
                        pipe=True)
         server.read("ready", 30)
         peer.send(f"connect {port} {n_calls}")
@@ -1120,11 +1092,6 @@ def cpu_capacity(rows: list[Row]) -> dict[str, int]:
     return out
 
 
-def load_rows(path: Path) -> list[Row]:
-    """Rows from a ``load.json`` written by :func:`write_report`."""
-    return [Row(**{**Row.failed("", 0, "").__dict__, **r}) for r in json.loads(path.read_text())]
-
-
 def plot(rows: list[Row], path: Path) -> None:
     import matplotlib
 
@@ -1288,22 +1255,20 @@ def run_ab(args: argparse.Namespace) -> str:
             if mode == "echo":
                 continue
             try:
-                fl = {f: measure_floor(mode, args.ab, args, flush=f) for f in ("iteration", "immediate")}
+                fl = measure_floor(mode, args.ab, args)
             except (OSError, TimeoutError, RuntimeError) as exc:
                 lines.append(f"- {mode}: socket floor not measured ({exc})")
                 continue
             best = {fast: min(r.us_per_frame or r.cpu_pct / 100 / (args.ab * 50) * 1e6 for r in rows)
                     for (m, fast), rows in results.items() if m == mode}
-            floor_us = fl["immediate"]["us_per_frame"]
+            floor_us = fl["us_per_frame"]
             servers = ", ".join(
                 f"{'on' if k else 'off'} {v:.1f} µs/frame ({100 * floor_us / v:.0f} % of it is the floor)"
                 for k, v in best.items()
             )
             lines.append(
                 f"- {mode}: socket floor at {args.ab} calls {floor_us:.1f} µs/frame "
-                f"(each append written as its frame is read; {fl['iteration']['us_per_frame']:.1f} with the appends "
-                f"of an iteration written together; run-queue wait {fl['immediate']['runq_pct']:.1f} %); "
-                f"server min {servers}"
+                f"(run-queue wait {fl['runq_pct']:.1f} %); server min {servers}"
             )
     text = "\n".join(lines) + "\n"
     (out / "ab.md").write_text(text)
