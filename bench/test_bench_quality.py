@@ -18,8 +18,8 @@ def test_quality_targets_on_the_reduced_matrix(tmp_path: Path) -> None:
     scenarios = bq.matrix(reduced=True)
     outcomes = bq.run_all(scenarios)
     summary = bq.summarize(outcomes)
-    cost = {"canceller_us": 1.0, "gate_us": 1.0, "reference_us": 1.0}  # timing is asserted below, not here
-    table = bq.format_markdown(summary, len(scenarios), cost, bq.false_by_noise(outcomes))
+    # no cost line: the canceller's timing is measured and asserted by its own test below
+    table = bq.format_markdown(summary, len(scenarios), None, bq.false_by_noise(outcomes))
     print("\n" + table)
     bq.plot(outcomes, summary, tmp_path / "quality.png")
     assert (tmp_path / "quality.png").stat().st_size > 10_000

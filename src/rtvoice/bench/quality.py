@@ -299,10 +299,10 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 def format_markdown(
     summary: dict[str, dict[str, float | None]],
     n_scenarios: int,
-    cost: dict[str, float],
+    cost: dict[str, float] | None,
     by_noise: dict[str, dict[str, str]] | None = None,
 ) -> str:
-    """The results table (markdown)."""
+    """The results table (markdown); ``cost`` (from :func:`canceller_cost`) None leaves the cost line out."""
     lines = [
         f"Barge-in quality: {n_scenarios} scenarios per policy (8 s bot answers; echo delay x ERL x noise x "
         "barge-in time; 0.5 % frame loss; every third line with loudspeaker nonlinearity; slowly varying "
@@ -324,14 +324,15 @@ def format_markdown(
             f"{_fmt(m.get('reaction_p95_ms_erl6'), 0)} | {_fmt(m['truncation_p95_ms'], 0)} | "
             f"{_fmt(m['truncation_max_ms'], 0)} | {_fmt(m['erle_db'])} |"
         )
-    lines += [
-        "",
-        f"Echo canceller cost per 20 ms frame, adapting on a continuous echo: {cost['canceller_us']:.2f} µs; "
-        f"whole echo-aware gate (ledger position, reference ring, cancellation, decision) "
-        f"{cost.get('gate_us', math.nan):.2f} µs (min over rounds; budget 10 µs per frame per call); "
-        f"numpy block-NLMS reference {cost['reference_us']:.1f} µs in the same run "
-        f"({cost['reference_us'] / cost['canceller_us']:.0f}x).",
-    ]
+    if cost is not None:
+        lines += [
+            "",
+            f"Echo canceller cost per 20 ms frame, adapting on a continuous echo: {cost['canceller_us']:.2f} µs; "
+            f"whole echo-aware gate (ledger position, reference ring, cancellation, decision) "
+            f"{cost.get('gate_us', math.nan):.2f} µs (min over rounds; budget 10 µs per frame per call); "
+            f"numpy block-NLMS reference {cost['reference_us']:.1f} µs in the same run "
+            f"({cost['reference_us'] / cost['canceller_us']:.0f}x).",
+        ]
     checks = check_targets(summary)
     by_noise = by_noise or {}
     lines.append("")
