@@ -202,19 +202,7 @@ class Pacer:
                 self.on_first_send(item.item_id, now)
             # the next n bytes: a zero-copy view when they sit in the head part (always, for agents that hand
             # over whole chunks or single frames of a chunk's multiple)
-            parts = item.parts
-            head = parts[0]
-            size = len(head)
-            if size > n:
-                payload: memoryview | bytes = head[:n]
-                parts[0] = head[n:]
-                item.buffered = buffered - n
-            elif size == n:
-                payload = head
-                parts.popleft()
-                item.buffered = buffered - n
-            else:
-                payload = item.take(n)
+            payload = item.take(n)
             emit(writer.media(payload))
             if on_audio is not None:
                 on_audio(payload)
