@@ -1849,6 +1849,9 @@ cdef enum:
     _EC_FRAME_MS = 20
     _EG_MAX_SKIP = 25     # lost frames replayed into the canceller at most (longer: the stream stalled)
 
+EG_UNPRIMED = _EG_UNPRIMED  # EchoGateCore.frame / frame_at result when no bot audio was sent yet
+EG_MAX_SKIP = _EG_MAX_SKIP  # lost frames replayed into the canceller at most
+
 
 cdef class ReferenceRing:
     """What was played when (the compiled half of :class:`rtvoice.echo.ReferenceTap`): bot μ-law keyed by the

@@ -57,15 +57,15 @@ if TYPE_CHECKING:
 FRAME = 160  # samples (and μ-law bytes) per 20 ms frame
 FRAME_MS = 20
 #: inbound gaps longer than this (frames) are not replayed into the canceller: the stream stalled
-MAX_SKIP_FRAMES = 25
+MAX_SKIP_FRAMES = _dsp.EG_MAX_SKIP
 #: EchoCanceller.process flag bits
-NEAR_END = 1
-REF_ACTIVE = 2
-LOCKED = 4
+NEAR_END = _dsp.EC_NEAR_END
+REF_ACTIVE = _dsp.EC_REF_ACTIVE
+LOCKED = _dsp.EC_LOCKED
 #: the residual is well above the line's background (noise, babble): set with or without echo
-ABOVE_BG = 16
+ABOVE_BG = _dsp.EC_ABOVE_BG
 #: EchoGateCore.frame: no bot audio sent yet (the frame was not processed)
-_UNPRIMED = 8
+_UNPRIMED = _dsp.EG_UNPRIMED
 
 
 class EchoCanceller:
