@@ -94,7 +94,7 @@ class MediaStreamHandler:
         self._close_task: asyncio.Task[None] | None = None
         self._unknown_logged = False
         self._finished = False
-        self._last_frame_at = 0.0
+        self._last_frame_ns = 0  # perf_counter ns at the end of the last inbound frame
         self._bytes_reported = 0
         self._counted_active = False
         self._usage_reported: dict[str, int] = {}
@@ -143,7 +143,7 @@ class MediaStreamHandler:
             return
         if type(event) is Mark:
             mono = _monotonic()
-            elapsed = int((mono - self._last_frame_at) * 1000)
+            elapsed = (_perf_ns() - self._last_frame_ns) // 1_000_000
             self.call.on_mark(event, self.call.now + min(max(elapsed, 0), MARK_TIME_CAP_MS))
             # at most once a second: marks come every few hundred ms per talking call and the usage
             # diff (dataclass fields, dict building) was ~1.5 % of the loop under load
@@ -168,14 +168,14 @@ class MediaStreamHandler:
 
     def _frame_done(self, t0: int) -> None:
         """Bookkeeping after one inbound frame (started at ``t0``, perf_counter ns)."""
-        self._last_frame_at = _monotonic()
         frames = 0
         sent = self.call.pacer.bytes_sent
         if sent - self._bytes_reported >= 160:
             frames = (sent - self._bytes_reported) // 160
             self._bytes_reported += frames * 160
         # plain ints, folded into Prometheus at a low rate (rtvoice.metrics.FrameStats)
-        _FRAME_STATS.frame(_perf_ns() - t0, frames)
+        self._last_frame_ns = end = _perf_ns()
+        _FRAME_STATS.frame(end - t0, frames)
 
     def on_binary(self, data: bytes) -> None:
         self._violation("binary_frame", "Twilio sends only text frames")
