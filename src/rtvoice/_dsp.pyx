@@ -1909,19 +1909,18 @@ cdef class ReferenceRing:
         drift = pos - (cursor + _EC_FRAME)
         if drift > 3 * _EC_FRAME or drift < -3 * _EC_FRAME:
             cursor = pos - _EC_FRAME if pos > _EC_FRAME else 0
-        # what has played since the cursor, at most one frame and at most what was written; a partial frame's
-        # audio is its end (the frame ends at ``pos``), silence before it
-        n = pos - cursor
-        if n > _EC_FRAME:
-            n = _EC_FRAME
-        if n > self.written - cursor:
+        if cursor >= pos:
+            n = 0  # nothing (more) has played
+        else:
             n = self.written - cursor
-        if n < 0:
-            n = 0
-        for i in range(_EC_FRAME - n):
-            self.pcm[i] = 0  # μ-law silence (0xff) decodes to 0
+            if n > _EC_FRAME:
+                n = _EC_FRAME
+            if n < 0:
+                n = 0
         for i in range(n):
-            self.pcm[_EC_FRAME - n + i] = rtv_ulaw_dec[self.ring[(cursor + i) & _RR_MASK]]
+            self.pcm[i] = rtv_ulaw_dec[self.ring[(cursor + i) & _RR_MASK]]
+        for i in range(n, _EC_FRAME):
+            self.pcm[i] = 0  # μ-law silence (0xff) decodes to 0
         self.cursor = cursor + n
         return self.pcm
 
