@@ -1689,14 +1689,12 @@ cdef class EchoCancellerCore:
             # A converged filter predicts the echo of this very frame (ey): the microphone holding clearly more
             # than that echo plus the noise is the caller too, even when the residual test above is blunted by
             # a noisy line (normalised cross-correlation detector, in energy form)
-            if (not nearend and self.locked and self.n_al >= 25 and self.s_ee > 0.0
-                    and self.s_ed > 3.0 * self.s_ee and ey > n * 90000.0):
+            if not nearend and converged and ey > n * 90000.0:
                 nearend = ed > self.ncc_ratio * (ey + 1.5 * self.noise)
             # ... unless the converged filter explains the microphone: a loud stretch of bot speech, or an echo
             # that slipped by a few ms (a playout underrun), leaves a residual above the learned ratio, but the
             # mic then holds little more than the echo estimate
-            if (nearend and self.locked and self.n_al >= 25 and self.s_ee > 0.0
-                    and self.s_ed > 3.0 * self.s_ee and ed < self.veto_ratio * (ey + self.bg)):
+            if nearend and converged and ed < self.veto_ratio * (ey + self.bg):
                 nearend = 0
             # ... and louder than the recent background (echo residue + noise, babble included) by the same
             # margin: a burst of background voices is not the caller
