@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from websockets.frames import Frame, Opcode
+from websockets.frames import Opcode
 
 from rtvoice.server.api import App, Request, WebSocket
 from rtvoice.server.websocket import WebSocketConnection
 from server_testutil import TIMEOUT, read_to_eof, serving
-from test_server_websocket import _upgrade_request
+from test_server_websocket import _client_frame, _upgrade_request
 
 
 class CountingTransport:
@@ -53,10 +53,6 @@ class Triple:
     def on_close(self, code: int | None, reason: str) -> None: ...
 
 
-def _client_frame(data: bytes) -> bytes:
-    return Frame(Opcode.TEXT, data).serialize(mask=True, extensions=[])
-
-
 async def test_one_write_per_read_in_order_and_close_after_the_corked_frames() -> None:
     log: list[str] = []
     app = App()
@@ -70,7 +66,7 @@ async def test_one_write_per_read_in_order_and_close_after_the_corked_frames() -
         writer.write(_upgrade_request())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101")
-        writer.write(_client_frame(b"a") + _client_frame(b"b") + _client_frame(b"bye"))
+        writer.write(b"".join(_client_frame(Opcode.TEXT, m) for m in (b"a", b"b", b"bye")))
         data = await read_to_eof(reader)
         writer.close()
     texts = []

@@ -20,7 +20,7 @@ from rtvoice.server import websocket as ws_module
 from rtvoice.server.api import App, Request, WebSocket
 from rtvoice.server.clientframes import server_text_frame
 from server_testutil import TIMEOUT, read_to_eof, serving
-from test_server_websocket import _upgrade_request
+from test_server_websocket import _client_frame, _upgrade_request
 
 _BOUNDARY_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 
@@ -69,10 +69,6 @@ class Answer:
     def on_close(self, code: int | None, reason: str) -> None: ...
 
 
-def _client(opcode: Opcode, data: bytes) -> bytes:
-    return Frame(opcode, data).serialize(mask=True, extensions=[])
-
-
 async def _session(monkeypatch: pytest.MonkeyPatch, fast: bool) -> bytes:
     monkeypatch.setattr(ws_module, "_FAST_SEND", fast)
     app = App()
@@ -86,14 +82,14 @@ async def _session(monkeypatch: pytest.MonkeyPatch, fast: bool) -> bytes:
         writer.write(_upgrade_request())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101")
-        msgs = [_client(Opcode.TEXT, f"size:{n}".encode()) for n in _BOUNDARY_SIZES]
-        msgs.insert(3, _client(Opcode.PING, b"p"))  # its pong is written between two texts
-        msgs += [_client(Opcode.TEXT, b"uni"), _client(Opcode.TEXT, b"later")]
+        msgs = [_client_frame(Opcode.TEXT, f"size:{n}".encode()) for n in _BOUNDARY_SIZES]
+        msgs.insert(3, _client_frame(Opcode.PING, b"p"))  # its pong is written between two texts
+        msgs += [_client_frame(Opcode.TEXT, b"uni"), _client_frame(Opcode.TEXT, b"later")]
         writer.write(b"".join(msgs[:5]))
         await asyncio.sleep(0.05)
         writer.write(b"".join(msgs[5:]))
         await asyncio.sleep(0.05)  # the 'later' texts leave from the timer callback
-        writer.write(_client(Opcode.TEXT, b"bye"))
+        writer.write(_client_frame(Opcode.TEXT, b"bye"))
         data = await read_to_eof(reader)
         writer.close()
     return data
