@@ -78,6 +78,18 @@ WEBSOCKETS = Gauge(
 WEBSOCKETS_CLOSED = Counter(
     "rtvoice_websocket_closed", "WebSocket connections ended, by close code", ["code"], registry=REGISTRY
 )
+CALLS_REFUSED = Counter(
+    "rtvoice_calls_refused",
+    "Calls refused at the webhook or POST /calls, by reason (capacity, overload, draining)",
+    ["reason"],
+    registry=REGISTRY,
+)
+EVENT_LOOP_LAG = Gauge(
+    "rtvoice_event_loop_lag_seconds",
+    "How late the event loop runs a periodic timer, averaged over ~1 s (rtvoice.call.admission)",
+    registry=REGISTRY,
+    multiprocess_mode="max",
+)
 
 
 #: Frames counted locally between two folds into the Prometheus objects (~0.5 s of 50 calls' traffic).
