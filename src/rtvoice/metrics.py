@@ -88,7 +88,7 @@ EVENT_LOOP_LAG = Gauge(
     "rtvoice_event_loop_lag_seconds",
     "How late the event loop runs a periodic timer, averaged over ~1 s (rtvoice.call.admission)",
     registry=REGISTRY,
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 
 
