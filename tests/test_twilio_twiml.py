@@ -66,3 +66,19 @@ def test_parse_notes_verbs_after_connect() -> None:
     xml = "<Response><Say>a</Say><Connect><Stream url='wss://h/x'/></Connect><Say>bye</Say><Hangup/></Response>"
     parsed = parse_stream_twiml(xml)
     assert parsed.says == ["a"] and parsed.after == ["Say", "Hangup"]
+
+
+def test_reject_and_hangup_twiml_read_back() -> None:
+    from rtvoice.twilio.twiml import first_verb, hangup_twiml, reject_twiml
+
+    assert first_verb(reject_twiml()) == ("Reject", {"reason": "busy"})
+    assert first_verb(reject_twiml("rejected")) == ("Reject", {"reason": "rejected"})
+    assert first_verb(hangup_twiml()) == ("Hangup", {})
+    with pytest.raises(TwimlError, match="reason"):
+        reject_twiml("go-away")
+    with pytest.raises(TwimlError, match="empty"):
+        first_verb("<Response/>")
+    with pytest.raises(TwimlError, match="Response"):
+        first_verb("<Foo><Reject/></Foo>")
+    with pytest.raises(TwimlError, match="not XML"):
+        first_verb("<Response>")

@@ -86,6 +86,11 @@ class Settings:
     #: Key for the per-call stream token; defaults to TWILIO_AUTH_TOKEN.
     stream_secret: str = ""
     max_connections: int = 4096
+    #: Calls one worker process takes at once (0: no limit); past it /incoming-call answers
+    #: <Reject reason="busy"/> and POST /calls 503 (rtvoice.call.admission). Size it with ``bench load``.
+    max_calls: int = 0
+    #: Refuse new calls while the event loop's lag, averaged over ~1 s, is above this (ms; 0: never).
+    overload_lag_ms: float = 50.0
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
     log_json: bool = True
@@ -208,6 +213,10 @@ class Settings:
             kw["stream_secret"] = v
         if (v := get("RTVOICE_MAX_CONNECTIONS")) is not None:
             kw["max_connections"] = _parse_int("RTVOICE_MAX_CONNECTIONS", v, 1, 1_000_000)
+        if (v := get("RTVOICE_MAX_CALLS")) is not None:
+            kw["max_calls"] = _parse_int("RTVOICE_MAX_CALLS", v, 0, 1_000_000)
+        if (v := get("RTVOICE_OVERLOAD_LAG_MS")) is not None:
+            kw["overload_lag_ms"] = _parse_float("RTVOICE_OVERLOAD_LAG_MS", v, 0.0, 60_000.0)
         if (v := get("RTVOICE_DRAIN_TIMEOUT")) is not None:
             kw["drain_timeout_s"] = _parse_float("RTVOICE_DRAIN_TIMEOUT", v, 0.0, 3600.0)
         if (v := get("RTVOICE_LOG_LEVEL")) is not None:

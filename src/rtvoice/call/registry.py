@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rtvoice.agents.base import Agent
+from rtvoice.call.admission import Admission, Verdict
 from rtvoice.config import Settings
 from rtvoice.logs import call_context
 from rtvoice.twilio.stream_token import StreamTokens
@@ -105,6 +106,9 @@ class CallRegistry:
         self._status: dict[str, CallStatus] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.closed = False
+        #: Whether this worker takes one more call (``RTVOICE_MAX_CALLS``, ``RTVOICE_OVERLOAD_LAG_MS``); its
+        #: loop-lag samples come from the server (:func:`rtvoice.routes.build_app` wires the monitor).
+        self.admission = Admission(settings.max_calls, settings.overload_lag_ms / 1000.0)
 
     # --- counts
     # -----------------------------------------------------------------------------------------------
@@ -115,7 +119,16 @@ class CallRegistry:
 
     @property
     def prepared_count(self) -> int:
+        """Calls answered by this worker's webhook whose stream has not started (yet, or ever: a stream that
+        landed on another worker leaves its entry here for ``PREPARED_TTL_S``)."""
         return len(self._prepared)
+
+    def admit(self) -> Verdict:
+        """May this worker take one more call now (:mod:`rtvoice.call.admission`)? Counts the streams in a
+        call plus the calls answered and not streaming yet."""
+        if self.closed:
+            return Verdict.DRAINING
+        return self.admission.decide(len(self._streams), len(self._prepared))
 
     # --- webhook time
     # -----------------------------------------------------------------------------------------

@@ -118,6 +118,8 @@ class App:
     def __init__(self) -> None:
         self.http_routes: dict[tuple[str, str], HttpHandler] = {}
         self.ws_routes: dict[str, WebSocketAccept] = {}
+        #: Called once when a server starts serving the app, on its running loop: e.g. starting timers.
+        self.on_startup: list[Callable[[], None]] = []
         #: Coroutines run once when the server starts draining (SIGTERM): e.g. closing vendor sessions.
         self.on_shutdown: list[Callable[[], Awaitable[None]]] = []
 

@@ -576,4 +576,10 @@ async def start_server(
             reuse_port=reuse_port or None,
             backlog=1024,
         )
+    try:
+        for hook in app.on_startup:
+            hook()
+    except BaseException:  # a failing startup hook fails start_server: no server left running half set up
+        server.close()
+        raise
     return RunningServer(server, state, settings.drain_timeout_s)

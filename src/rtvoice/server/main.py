@@ -60,6 +60,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", choices=AGENT_MODES, help="the AI agent mode (RTVOICE_AGENT)")
     parser.add_argument("--max-connections", type=int, help="open connections cap (RTVOICE_MAX_CONNECTIONS)")
     parser.add_argument(
+        "--max-calls",
+        type=int,
+        help="calls each worker takes at once, then new ones get a busy signal (RTVOICE_MAX_CALLS; 0: no limit)",
+    )
+    parser.add_argument(
         "--drain-timeout", type=float, help="seconds calls may continue after SIGTERM (RTVOICE_DRAIN_TIMEOUT)"
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, help="(RTVOICE_LOG_LEVEL)")
@@ -96,6 +101,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if args.max_connections < 1:
             raise ConfigError(f"--max-connections {args.max_connections}: expected at least 1")
         changes["max_connections"] = args.max_connections
+    if args.max_calls is not None:
+        if not 0 <= args.max_calls <= 1_000_000:
+            raise ConfigError(f"--max-calls {args.max_calls}: expected 0 (no limit) to 1000000")
+        changes["max_calls"] = args.max_calls
     if args.drain_timeout is not None:
         if not 0 <= args.drain_timeout <= 3600:
             raise ConfigError(f"--drain-timeout {args.drain_timeout}: expected 0 to 3600 seconds")
@@ -114,6 +123,8 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         "RTVOICE_VALIDATE_SIGNATURES": "1" if settings.validate_signatures else "0",
         "RTVOICE_AGENT": settings.agent,
         "RTVOICE_MAX_CONNECTIONS": str(settings.max_connections),
+        "RTVOICE_MAX_CALLS": str(settings.max_calls),
+        "RTVOICE_OVERLOAD_LAG_MS": str(settings.overload_lag_ms),
         "RTVOICE_DRAIN_TIMEOUT": str(settings.drain_timeout_s),
         "RTVOICE_LOG_LEVEL": settings.log_level,
     }

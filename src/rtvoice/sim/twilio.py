@@ -57,7 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rtvoice.twilio import signature
-from rtvoice.twilio.twiml import StreamTwiml, TwimlError, parse_stream_twiml
+from rtvoice.twilio.twiml import StreamTwiml, TwimlError, first_verb, parse_stream_twiml
 
 if TYPE_CHECKING:
     from rtvoice.sim.line import LineModel
@@ -837,6 +837,18 @@ class SimulatedCall:
         r.webhook_status = status
         if status != 200:
             r.outcome = f"webhook_refused_{status}"
+            return None
+        try:
+            verb, attrs = first_verb(body)
+        except TwimlError as exc:
+            r.outcome = f"bad_twiml: {exc}"
+            return None
+        if verb == "Reject":
+            # Twilio does not answer: a busy tone (status busy) or not-in-service (status no-answer)
+            r.outcome = "busy" if attrs.get("reason") == "busy" else "no-answer"
+            return None
+        if verb == "Hangup":
+            r.outcome = "hung_up_by_twiml"
             return None
         try:
             r.twiml = parse_stream_twiml(body)

@@ -14,7 +14,8 @@ the SDK does not rewrite the host.
 ``Authorization: Bearer $RTVOICE_API_TOKEN``. Without ``RTVOICE_API_TOKEN`` the route answers **404** with a
 message saying how to enable it: an unauthenticated call-placing endpoint must not exist by default, and a
 404 does not advertise it to scanners. A bad token gets 401; bad input 400; Twilio refusing the call 502 with
-Twilio's code and message; missing Twilio credentials 503.
+Twilio's code and message; missing Twilio credentials 503; a worker that is full, overloaded or draining
+(:mod:`rtvoice.call.admission`) 503 with ``Retry-After`` before anything is dialled.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from rtvoice import metrics
+from rtvoice.call.admission import Verdict
 from rtvoice.config import AGENT_MODES, ConfigError, Settings
 from rtvoice.server.api import App, Request, Response
 
@@ -40,6 +43,8 @@ PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 MAX_PROMPT_CHARS = 2000
 STATUS_EVENTS = ("initiated", "ringing", "answered", "completed")
 CALLS_PATH = "/calls"
+#: ``Retry-After`` (seconds) of a 503 from ``POST /calls`` when the worker is full or overloaded.
+REFUSED_RETRY_AFTER_S = 5
 
 
 class OutboundError(Exception):
@@ -218,6 +223,23 @@ class CallsEndpoint:
             return False
         return hmac.compare_digest(token.strip().encode(), self.settings.api_token.encode())
 
+    def _refused(self) -> Response | None:
+        """503 with ``Retry-After`` when this worker would refuse the call's webhook anyway (full, overloaded or
+        draining: :mod:`rtvoice.call.admission`), before anything is dialled."""
+        admit = getattr(self.registry, "admit", None)
+        if admit is None:
+            return None
+        verdict = admit()
+        if verdict is Verdict.ADMIT:
+            return None
+        log.warning("refused POST /calls: %s", verdict.value, extra={"refusal": verdict.value})
+        metrics.CALLS_REFUSED.labels(verdict.value).inc()
+        return _json(
+            503,
+            {"error": f"not taking calls now ({verdict.value}): retry later", "reason": verdict.value},
+            [("Retry-After", str(REFUSED_RETRY_AFTER_S))],
+        )
+
     async def handle(self, request: Request) -> Response:
         if not self.settings.api_token:
             return _json(404, {"error": "POST /calls is disabled: set RTVOICE_API_TOKEN to enable it"})
@@ -235,6 +257,9 @@ class CallsEndpoint:
             return _json(400, {"error": str(exc)})
         if req.profile is not None and self.profiles is not None and req.profile not in self.profiles.names():
             return _json(400, {"error": f"unknown profile {req.profile!r}"})
+        refused = self._refused()
+        if refused is not None:
+            return refused
         try:
             sid = await place_call(self.settings, req.to, req.profile, agent=req.agent, prompt=req.prompt,
                                    client=self.client)

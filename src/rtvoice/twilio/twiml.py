@@ -13,7 +13,17 @@ from urllib.parse import urlsplit
 
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-__all__ = ["MAX_PARAMETER_CHARS", "StreamTwiml", "TwimlError", "connect_stream_twiml", "parse_stream_twiml"]
+__all__ = [
+    "MAX_PARAMETER_CHARS",
+    "REJECT_REASONS",
+    "StreamTwiml",
+    "TwimlError",
+    "connect_stream_twiml",
+    "first_verb",
+    "hangup_twiml",
+    "parse_stream_twiml",
+    "reject_twiml",
+]
 
 #: Twilio's limit on one <Parameter>: name and value together must be *under* 500 characters.
 MAX_PARAMETER_CHARS = 500
@@ -62,6 +72,42 @@ def connect_stream_twiml(
         stream.parameter(name=name, value=value)
     response.append(connect)
     return str(response.to_xml(xml_declaration=True))
+
+
+#: ``<Reject reason>`` values: ``busy`` plays a busy tone (the call ends ``busy``), ``rejected`` a
+#: not-in-service message (the call ends ``no-answer``).
+REJECT_REASONS = ("busy", "rejected")
+
+
+def reject_twiml(reason: str = "busy") -> str:
+    """A ``<Response><Reject reason/></Response>``: Twilio does not answer (or bill) the incoming call. Only
+    meaningful for an incoming call that has not been answered; for an answered one use :func:`hangup_twiml`."""
+    if reason not in REJECT_REASONS:
+        raise TwimlError(f"<Reject reason> must be one of {', '.join(REJECT_REASONS)}, got {reason!r}")
+    response = VoiceResponse()
+    response.reject(reason=reason)
+    return str(response.to_xml(xml_declaration=True))
+
+
+def hangup_twiml() -> str:
+    """A ``<Response><Hangup/></Response>``: end an answered call (an outbound call Twilio placed for us)."""
+    response = VoiceResponse()
+    response.hangup()
+    return str(response.to_xml(xml_declaration=True))
+
+
+def first_verb(xml: str | bytes) -> tuple[str, dict[str, str]]:
+    """The first verb of a TwiML document and its attributes (``("Reject", {"reason": "busy"})``);
+    :class:`TwimlError` if it is not a ``<Response>`` with at least one verb."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise TwimlError(f"not XML: {exc}") from None
+    if root.tag != "Response":
+        raise TwimlError(f"root element must be <Response>, got <{root.tag}>")
+    for verb in root:
+        return verb.tag, dict(verb.attrib)
+    raise TwimlError("an empty <Response>")
 
 
 @dataclass(slots=True)

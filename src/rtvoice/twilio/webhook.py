@@ -15,11 +15,13 @@ import re
 from typing import Any
 from urllib.parse import parse_qs
 
+from rtvoice import metrics
+from rtvoice.call.admission import Verdict
 from rtvoice.config import Settings
 from rtvoice.server.api import App, Request, Response
 from rtvoice.twilio import signature
 from rtvoice.twilio.stream_token import StreamTokens
-from rtvoice.twilio.twiml import TwimlError, connect_stream_twiml
+from rtvoice.twilio.twiml import TwimlError, connect_stream_twiml, hangup_twiml, reject_twiml
 
 __all__ = ["INCOMING_CALL_PATH", "STATUS_PATH", "WebhookHandlers", "register"]
 
@@ -101,6 +103,9 @@ class WebhookHandlers:
         from_number = _first(fields, "From")
         to_number = _first(fields, "To")
         direction = _first(fields, "Direction") or "inbound"
+        refusal = self._admission_refusal(call_sid, direction)
+        if refusal is not None:
+            return refusal
         # An outbound call's ?profile=&agent=&prompt= (set by place_call; covered by the signature).
         query = parse_qs(request.query, keep_blank_values=False) if request.query else {}
         requested = {k: _first(query, k) or None for k in ("profile", "agent", "prompt")}
@@ -143,6 +148,39 @@ class WebhookHandlers:
         extra = {"settings": call_settings, "profile": profile} if resolve is not None else {}
         self._prepare(call_sid, from_number, to_number, direction, extra)
         return Response.xml(twiml)
+
+    def _admission_refusal(self, call_sid: str, direction: str) -> Response | None:
+        """None when this worker takes the call (:mod:`rtvoice.call.admission`); else the TwiML that refuses
+        it: ``<Reject reason="busy"/>`` for an incoming call (not answered, not billed, the caller hears a
+        busy tone), ``<Hangup/>`` for an outbound one (Twilio fetched this URL because the callee answered,
+        and ``<Reject>`` only applies to unanswered incoming calls)."""
+        admit = getattr(self.registry, "admit", None)
+        if admit is None:
+            return None
+        verdict = admit()
+        if verdict is Verdict.ADMIT:
+            return None
+        admission = getattr(self.registry, "admission", None)
+        if verdict is Verdict.FULL:
+            why = f"at capacity ({self.settings.max_calls} calls, RTVOICE_MAX_CALLS)"
+        elif verdict is Verdict.OVERLOADED:
+            lag_ms = 1000.0 * getattr(admission, "lag_s", 0.0)
+            why = (
+                f"overloaded (event loop {lag_ms:.0f} ms late on average, limit "
+                f"{self.settings.overload_lag_ms:g} ms, RTVOICE_OVERLOAD_LAG_MS)"
+            )
+        else:
+            why = "shutting down"
+        outbound = direction.startswith("outbound")
+        log.warning(
+            "refused %s call %s: %s",
+            "outbound" if outbound else "incoming",
+            call_sid,
+            why,
+            extra={"call_sid": call_sid, "refusal": verdict.value},
+        )
+        metrics.CALLS_REFUSED.labels(verdict.value).inc()
+        return Response.xml(hangup_twiml() if outbound else reject_twiml("busy"))
 
     def _prepare(
         self, call_sid: str, from_number: str, to_number: str, direction: str, extra: dict[str, Any]
