@@ -72,3 +72,38 @@ def test_socket_floor_runs_at_the_frame_rate() -> None:
     res = bench_load.measure_floor("pcmu", 40, args)
     assert 0.8 * 40 * 50 <= res["frames_per_s"] <= 1.2 * 40 * 50, res
     assert 0 < res["us_per_frame"] < 10_000, res
+
+
+def test_admission_control_under_load(tmp_path: Path) -> None:
+    """``--max-calls``: offered more calls than the cap, the server carries exactly the cap (every frame of
+    those calls received, nothing dropped or lost) and refuses the rest busy at the webhook."""
+    import os
+
+    args = argparse.Namespace(
+        modes=["echo"],
+        ramp=[30],
+        duration=3.0,
+        warmup=1.0,
+        budget_ms=1000.0,  # this test is about admission, not latency
+        calls_per_generator=400,
+        server_core=0,
+        other_core=1,
+        keep_going=True,
+        profile_at=set(),
+        no_fastpath=False,
+        native=False,
+        threads=False,
+        max_calls=20,
+        overload_lag_ms=0.0,
+        out=str(tmp_path),
+    )
+    if (os.cpu_count() or 1) < 2:
+        args.server_core = args.other_core = 0
+    rows = bench_load.run_load(args)
+    report = bench_load.write_report(rows, args)
+    row = rows[0]
+    assert (row.connected, row.refused) == (20, 10), report
+    assert row.dropped == 0 and row.late == 0 and row.lost == 0, report
+    assert row.frames_sent >= 20 * 50 * 2, report
+    if row.passed:
+        assert bench_load.calls_per_core(rows) == {"echo": 20}

@@ -134,6 +134,8 @@ class GenStats:
     calls: int = 0
     connected: int = 0
     connect_failed: int = 0
+    #: Calls the server refused at the webhook (``<Reject>``: RTVOICE_MAX_CALLS or overload).
+    refused: int = 0
     frames_sent_total: int = 0
     frames_sent: int = 0
     late_frames: int = 0
@@ -278,7 +280,7 @@ class Generator:
 
     async def _open_call(self, index: int, sem: asyncio.Semaphore) -> None:
         from rtvoice.sim.twilio import _Http
-        from rtvoice.twilio.twiml import parse_stream_twiml
+        from rtvoice.twilio.twiml import first_verb, parse_stream_twiml
 
         async with sem:
             call_sid = "CA" + secrets.token_hex(16)
@@ -297,6 +299,9 @@ class Generator:
                 status, body = await _Http.post_form(self.base_url + "/incoming-call", form, [], 30.0)
                 if status != 200:
                     raise ConnectionError(f"webhook {status}")
+                if first_verb(body)[0] == "Reject":  # admission control said busy: not a failure
+                    self.stats.refused += 1
+                    return
                 twiml = parse_stream_twiml(body)
                 parts = urlsplit(twiml.stream_url)
                 target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -373,7 +378,14 @@ class Generator:
         sem = asyncio.Semaphore(self.connect_concurrency)
         ticker = asyncio.create_task(self._ticker())
         await asyncio.gather(*(self._open_call(i, sem) for i in range(self.n_calls)))
-        _emit({"ready": True, "connected": self.stats.connected, "failed": self.stats.connect_failed})
+        _emit(
+            {
+                "ready": True,
+                "connected": self.stats.connected,
+                "failed": self.stats.connect_failed,
+                "refused": self.stats.refused,
+            }
+        )
         while True:
             cmd = await commands.get()
             if cmd == "measure":
@@ -557,6 +569,8 @@ class Row:
     passed: bool
     #: Server CPU per inbound frame of the window (µs).
     us_per_frame: float = 0.0
+    #: Calls the server refused (admission control, ``--max-calls`` / ``--overload-lag-ms``).
+    refused: int = 0
     #: The socket floor at the same call count (:func:`measure_floor`, µs per frame); 0 = not measured.
     floor_us_per_frame: float = 0.0
 
@@ -839,6 +853,9 @@ class Scenario:
                 "RTVOICE_DB_PATH": str(workdir / f"calls-{mode}.db"),
                 "PYTHONUNBUFFERED": "1",
                 "RTVOICE_FASTPATH": "0" if args.no_fastpath else "1",
+                # admission control: off unless asked for, so that the ramp measures what the core carries
+                "RTVOICE_MAX_CALLS": str(getattr(args, "max_calls", 0) or 0),
+                "RTVOICE_OVERLOAD_LAG_MS": str(getattr(args, "overload_lag_ms", 0.0) or 0),
             }
         )
         for item in getattr(args, "server_env", None) or []:
@@ -913,7 +930,9 @@ class Scenario:
             for n in sizes
         ]
         try:
-            connected = sum(int(g.read("ready", 60 + n_calls / 10)["connected"]) for g in gens)
+            ready = [g.read("ready", 60 + n_calls / 10) for g in gens]
+            connected = sum(int(r["connected"]) for r in ready)
+            refused = sum(int(r.get("refused", 0)) for r in ready)
             time.sleep(args.warmup)
             gen_cpu0 = sum(_proc_cpu_s(g.p.pid) for g in gens)
             vend_cpu0 = _proc_cpu_s(self.vendor.p.pid) if self.vendor else 0.0
@@ -955,7 +974,7 @@ class Scenario:
             after["frames_dropped_total"] - before["frames_dropped_total"]
         )
         late = int(after["frames_late_total"] - before["frames_late_total"])
-        lost = sum(int(w["lost"]) for w in windows) + (n_calls - connected)
+        lost = sum(int(w["lost"]) for w in windows) + (n_calls - connected - refused)
         p50, p99, mx, wait99, proc99 = _latency(snap)
         wall = t1 - t0
         gen_lag = max((float(w["lag_p99_ms"]) for w in windows), default=0.0)
@@ -974,7 +993,7 @@ class Scenario:
             lost=lost,
             cpu_pct=round(100 * (cpu1 - cpu0) / wall, 1),
             rss_mb=round(rss, 1),
-            rss_per_call_kb=round(1024 * (rss - self.rss_idle) / max(1, n_calls), 1),
+            rss_per_call_kb=round(1024 * (rss - self.rss_idle) / max(1, connected), 1),
             vendor_cpu_pct=round(100 * (vend_cpu1 - vend_cpu0) / wall, 1),
             gen_cpu_pct=round(100 * (gen_cpu1 - gen_cpu0) / wall, 1),
             gen_lag_p99_ms=round(gen_lag, 2),
@@ -986,6 +1005,7 @@ class Scenario:
             limit="",
             passed=False,
             us_per_frame=round(1e6 * (cpu1 - cpu0) / max(1, sum(int(w["frames_sent"]) for w in windows)), 1),
+            refused=refused,
         )
         ok_server = row.p99_ms <= args.budget_ms and row.dropped == 0 and row.lost == 0 and row.late == 0
         # A failed step is blamed on whichever process could not keep up: the generator when its own sends
@@ -1037,14 +1057,15 @@ def profile_top(path: Path, n: int = 15) -> str:
 
 def format_table(rows: list[Row]) -> str:
     head = (
-        "| mode | calls | p50 ms | p99 ms | max ms | wait p99 | proc p99 | dropped | late | lost "
+        "| mode | calls | refused | p50 ms | p99 ms | max ms | wait p99 | proc p99 | dropped | late | lost "
         "| server CPU % | RSS MB | RSS/call KB | vendor CPU % | gen CPU % | gen lag p99 ms "
         "| GC max ms (gen2) | run-queue wait % | pass | CPU µs/frame | socket floor µs/frame | floor share |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:"
         "|---:|\n"
     )
     lines = [
-        f"| {r.mode} | {r.calls} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} | {r.wait_p99_ms:.2f} "
+        f"| {r.mode} | {r.calls} | {r.refused} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} "
+        f"| {r.wait_p99_ms:.2f} "
         f"| {r.proc_p99_ms:.2f} | {r.dropped} | {r.late} | {r.lost} | {r.cpu_pct:.0f} | {r.rss_mb:.0f} "
         f"| {r.rss_per_call_kb:.0f} | {r.vendor_cpu_pct:.0f} | {r.gen_cpu_pct:.0f} | {r.gen_lag_p99_ms:.1f} "
         f"| {r.gc_max_ms:.1f} ({r.gc_gen2}) | {r.runq_pct:.1f} "
@@ -1068,13 +1089,14 @@ def _floor_share(r: Row) -> str:
 
 def calls_per_core(rows: list[Row]) -> dict[str, int]:
     """Per mode, the largest passing call count below the first step the server itself failed (a step failed
-    because of the machine or the generator is inconclusive, not a failure); 0 if none passed."""
+    because of the machine or the generator is inconclusive, not a failure); 0 if none passed. Calls the
+    server refused (admission control) do not count: only the calls it carried."""
     out: dict[str, int] = {}
     for mode in dict.fromkeys(r.mode for r in rows):
         best = 0
         for r in sorted((r for r in rows if r.mode == mode), key=lambda r: r.calls):
             if r.passed:
-                best = r.calls
+                best = max(best, r.calls - r.refused)
             elif r.limit.startswith("server"):
                 break
         out[mode] = best
@@ -1087,7 +1109,7 @@ def cpu_capacity(rows: list[Row]) -> dict[str, int]:
     processes on a shared machine; not a substitute for the latency criterion)."""
     out: dict[str, int] = {}
     for mode in dict.fromkeys(r.mode for r in rows):
-        est = sorted(r.calls * 100 / r.cpu_pct for r in rows if r.mode == mode and 20 <= r.cpu_pct <= 90)
+        est = sorted((r.calls - r.refused) * 100 / r.cpu_pct for r in rows if r.mode == mode and 20 <= r.cpu_pct <= 90)
         out[mode] = int(est[len(est) // 2]) if est else 0
     return out
 
@@ -1312,6 +1334,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="measure the socket floor at the same call count (a process on the server core doing only "
                         "the per-frame syscalls, ~8 s): after each openai step of the ramp (default on), once per "
                         "mode after an --ab comparison (default off: ~100 s, both ways of writing)")
+    p.add_argument("--max-calls", type=int, default=0, metavar="N",
+                   help="admission control: the server takes N calls and refuses the rest busy "
+                        "(RTVOICE_MAX_CALLS; default 0: the ramp measures what the core carries)")
+    p.add_argument("--overload-lag-ms", type=float, default=0.0, metavar="MS",
+                   help="admission control: the server refuses calls while its loop lag averages over MS "
+                        "(RTVOICE_OVERLOAD_LAG_MS; default 0: off)")
     p.add_argument("--out", default="bench-load", help="output directory (load.md, load.png, load.json)")
 
 
