@@ -60,3 +60,27 @@ def test_register_publishes_the_probe() -> None:
         if loadprobe.PROBE is not None:
             loadprobe.PROBE.unwatch_gc()
         loadprobe.PROBE = None
+
+
+def test_gc_pauses_by_generation_and_late_samples_they_explain() -> None:
+    p = LoadProbe()
+    p._on_gc("start", {"generation": 1})
+    p._on_gc("stop", {"generation": 1, "collected": 0})
+    p._on_gc("start", {"generation": 2})
+    p._on_gc("stop", {"generation": 2, "collected": 0})
+    assert [g[0] for g in p.gc_by_gen] == [0, 1, 1] and p.gc_gen2 == 1
+    assert p.gc_by_gen[1][1] >= p.gc_by_gen[1][2] > 0
+    # a late sample that waited through the collection that just ended, and one that did not
+    p._due, p._stall = p._gc_last_end - 10_000_000, 0
+    p._loop = None
+    p._arm = lambda: None  # type: ignore[method-assign]
+    p._ran()
+    p._gc_last_end = 0
+    p._due = loadprobe.perf_ns() - 8_000_000
+    p._ran()
+    p._due = loadprobe.perf_ns()
+    p._ran()  # on time: not late
+    assert (p.late_samples, p.late_samples_gc) == (2, 1)
+    snap = p.snapshot(reset=True)
+    assert snap["late_samples"] == 2 and snap["late_samples_gc"] == 1 and snap["gc_by_gen"][2][0] == 1
+    assert p.late_samples == 0 and p.gc_by_gen == [[0, 0, 0]] * 3

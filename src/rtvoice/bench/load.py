@@ -571,6 +571,11 @@ class Row:
     us_per_frame: float = 0.0
     #: Calls the server refused (admission control, ``--max-calls`` / ``--overload-lag-ms``).
     refused: int = 0
+    #: Collections in the window per generation (young, middle, old).
+    gc_counts: tuple[int, int, int] = (0, 0, 0)
+    #: Loop-lag samples over 5 ms in the window, and the share of them a GC pause overlapped (%).
+    late_samples: int = 0
+    late_gc_pct: float = 0.0
     #: The socket floor at the same call count (:func:`measure_floor`, µs per frame); 0 = not measured.
     floor_us_per_frame: float = 0.0
 
@@ -1006,6 +1011,9 @@ class Scenario:
             passed=False,
             us_per_frame=round(1e6 * (cpu1 - cpu0) / max(1, sum(int(w["frames_sent"]) for w in windows)), 1),
             refused=refused,
+            gc_counts=tuple(int(g[0]) for g in snap.get("gc_by_gen", [[0], [0], [0]])),  # type: ignore[arg-type]
+            late_samples=int(snap.get("late_samples", 0)),
+            late_gc_pct=round(100 * int(snap.get("late_samples_gc", 0)) / max(1, int(snap.get("late_samples", 0))), 0),
         )
         ok_server = row.p99_ms <= args.budget_ms and row.dropped == 0 and row.lost == 0 and row.late == 0
         # A failed step is blamed on whichever process could not keep up: the generator when its own sends
@@ -1059,16 +1067,18 @@ def format_table(rows: list[Row]) -> str:
     head = (
         "| mode | calls | refused | p50 ms | p99 ms | max ms | wait p99 | proc p99 | dropped | late | lost "
         "| server CPU % | RSS MB | RSS/call KB | vendor CPU % | gen CPU % | gen lag p99 ms "
-        "| GC max ms (gen2) | run-queue wait % | pass | CPU µs/frame | socket floor µs/frame | floor share |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:"
-        "|---:|\n"
+        "| GC max ms (collections g0/g1/g2) | late samples (GC %) | run-queue wait % | pass | CPU µs/frame "
+        "| socket floor µs/frame | floor share |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n"
     )
     lines = [
         f"| {r.mode} | {r.calls} | {r.refused} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} "
         f"| {r.wait_p99_ms:.2f} "
         f"| {r.proc_p99_ms:.2f} | {r.dropped} | {r.late} | {r.lost} | {r.cpu_pct:.0f} | {r.rss_mb:.0f} "
         f"| {r.rss_per_call_kb:.0f} | {r.vendor_cpu_pct:.0f} | {r.gen_cpu_pct:.0f} | {r.gen_lag_p99_ms:.1f} "
-        f"| {r.gc_max_ms:.1f} ({r.gc_gen2}) | {r.runq_pct:.1f} "
+        f"| {r.gc_max_ms:.1f} ({'/'.join(map(str, r.gc_counts))}) | {r.late_samples} ({r.late_gc_pct:.0f} %) "
+        f"| {r.runq_pct:.1f} "
         f"| {'yes' if r.passed else 'no (' + (r.limit or 'budget') + ')'} "
         f"| {r.us_per_frame:.1f} | {_floor_cell(r)} | {_floor_share(r)} |"
         for r in rows

@@ -44,6 +44,8 @@ N_BUCKETS = 20_000
 PERIOD_S = 0.005
 #: Timer lateness above this is a stall, not the 1 ms timer rounding of uvloop.
 STALL_NS = 2_000_000
+#: A loop-lag sample over this (the benchmark's 5 ms budget) is late: counted, and checked against GC pauses.
+LATE_NS = 5_000_000
 
 
 def enabled() -> bool:
@@ -135,7 +137,14 @@ class LoadProbe:
         self.frame = Histogram()
         self.gc_pause = Histogram()
         self.gc_gen2 = 0
+        #: Per generation: [collections, total pause ns, max pause ns].
+        self.gc_by_gen = [[0, 0, 0] for _ in range(3)]
+        #: Loop-lag samples over ``LATE_NS``, and how many of them a GC pause overlapped: how much of the
+        #: latency tail the collector explains.
+        self.late_samples = 0
+        self.late_samples_gc = 0
         self._gc_t0 = 0
+        self._gc_last_end = 0
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0
         self._timer_due = 0
@@ -161,9 +170,18 @@ class LoadProbe:
         if phase == "start":
             self._gc_t0 = time.perf_counter_ns()
         else:
-            self.gc_pause.record(time.perf_counter_ns() - self._gc_t0)
-            if info.get("generation") == 2:
+            end = self._gc_last_end = time.perf_counter_ns()
+            pause = end - self._gc_t0
+            self.gc_pause.record(pause)
+            gen = info.get("generation")
+            if gen == 2:
                 self.gc_gen2 += 1
+            if isinstance(gen, int) and 0 <= gen <= 2:
+                stats = self.gc_by_gen[gen]
+                stats[0] += 1
+                stats[1] += pause
+                if pause > stats[2]:
+                    stats[2] = pause
 
     def tap_metrics(self) -> None:
         """Record every per-frame processing time (``metrics.FRAME_STATS``, the source of
@@ -201,7 +219,13 @@ class LoadProbe:
         self._loop.call_soon(self._ran)
 
     def _ran(self) -> None:
-        self.loop_lag.record(time.perf_counter_ns() - self._due + self._stall)
+        now = time.perf_counter_ns()
+        wait = now - self._due + self._stall
+        self.loop_lag.record(wait)
+        if wait > LATE_NS:
+            self.late_samples += 1
+            if self._gc_last_end > now - wait:  # a collection ended while this sample was waiting
+                self.late_samples_gc += 1
         self._arm()
 
     def snapshot(self, reset: bool = False) -> dict[str, Any]:
@@ -211,12 +235,17 @@ class LoadProbe:
             "frame": self.frame.to_json(),
             "gc_pause": self.gc_pause.to_json(),
             "gc_gen2": self.gc_gen2,
+            "gc_by_gen": [list(g) for g in self.gc_by_gen],
+            "late_samples": self.late_samples,
+            "late_samples_gc": self.late_samples_gc,
         }
         if reset:
             self.loop_lag.reset()
             self.frame.reset()
             self.gc_pause.reset()
             self.gc_gen2 = 0
+            self.gc_by_gen = [[0, 0, 0] for _ in range(3)]
+            self.late_samples = self.late_samples_gc = 0
         return out
 
 
