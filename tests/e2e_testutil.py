@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from rtvoice.config import Settings
 from rtvoice.records import CallRecords, attach
 from rtvoice.routes import build_app
 from rtvoice.server.http import RunningServer, start_server
+from rtvoice.sim.twilio import PlayoutEmulator
 
 TOKEN = "test-auth-token-0123456789abcdef"
 
@@ -60,3 +62,52 @@ async def serving(
         await asyncio.wait_for(server.shutdown(0.0), 20)
         if records is not None:
             records.close()
+
+
+class PlayoutTimeline:
+    """What the simulated caller had heard of the bot at any stream time, not only "now".
+
+    A loopback test that reads ``call.playout.played_total`` when a ``clear`` *arrives* measures at a moment
+    that depends on the wall clock: on a busy machine the simulated Twilio may send a few more frames (and play
+    20 ms of bot audio for each) before it reads the clear. Comparing at the stream time of the frame the call
+    decided on is exact whatever the machine's load. Wraps ``playout.advance`` (the only place audio plays) and
+    records the played byte count at every step."""
+
+    def __init__(self, playout: PlayoutEmulator) -> None:
+        self._pos: list[int] = [0]  # bytes of the heard timeline rendered (8 per ms of stream time)
+        self._played: list[int] = [0]  # bot audio bytes played by then
+        inner = playout.advance
+
+        def advance(now_ms: float) -> list[str]:
+            due = inner(now_ms)
+            if len(playout.heard) > self._pos[-1]:
+                self._pos.append(len(playout.heard))
+                self._played.append(playout.played_total)
+            return due
+
+        playout.advance = advance  # type: ignore[method-assign]
+
+    def played_ms_at(self, t_ms: float) -> float:
+        """ms of bot audio played by stream time ``t_ms`` (within one rendering step: audio plays from the
+        start of each step, so inside one the count is interpolated at 8 bytes per ms, capped by the step's)."""
+        target = int(t_ms * 8)
+        i = bisect.bisect_right(self._pos, target) - 1
+        played = self._played[i]
+        if i + 1 < len(self._pos):
+            played += min(target - self._pos[i], self._played[i + 1] - self._played[i])
+        return played / 8
+
+
+def record_barge_in_times(agent: Agent) -> list[int]:
+    """Wrap ``agent.barge_in`` to record the call's stream time (``Call.now``: the end of the inbound frame it
+    decided on) at each barge-in; the agent must keep its sink as ``agent.sink`` (the echo and scripted agents
+    do). Returns the list it appends to."""
+    times: list[int] = []
+    inner = agent.barge_in
+
+    def barge_in(heard: Any) -> None:
+        times.append(agent.sink.now)  # type: ignore[attr-defined]
+        inner(heard)
+
+    agent.barge_in = barge_in  # type: ignore[method-assign]
+    return times
