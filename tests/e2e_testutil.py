@@ -98,16 +98,22 @@ class PlayoutTimeline:
         return played / 8
 
 
-def record_barge_in_times(agent: Agent) -> list[int]:
-    """Wrap ``agent.barge_in`` to record the call's stream time (``Call.now``: the end of the inbound frame it
-    decided on) at each barge-in; the agent must keep its sink as ``agent.sink`` (the echo and scripted agents
-    do). Returns the list it appends to."""
-    times: list[int] = []
-    inner = agent.barge_in
+def stamp_barge_ins(agent: Agent, times: list[int]) -> Agent:
+    """Make ``agent`` append the call's stream time (``Call.now``: the end of the inbound frame the call decided
+    on) to ``times`` at each barge-in, so a test can check the barge-in on the stream clock instead of when the
+    ``clear`` happened to reach the simulated Twilio. Wraps ``start`` (to keep the sink, the call) and
+    ``barge_in``; call it before the agent starts. Returns the agent."""
+    sinks: list[Any] = []
+    start, barge_in = agent.start, agent.barge_in
 
-    def barge_in(heard: Any) -> None:
-        times.append(agent.sink.now)  # type: ignore[attr-defined]
-        inner(heard)
+    async def stamped_start(call: Any, sink: Any) -> None:
+        sinks.append(sink)
+        await start(call, sink)
 
-    agent.barge_in = barge_in  # type: ignore[method-assign]
-    return times
+    def stamped_barge_in(heard: Any) -> None:
+        times.append(sinks[-1].now)
+        barge_in(heard)
+
+    agent.start = stamped_start  # type: ignore[method-assign]
+    agent.barge_in = stamped_barge_in  # type: ignore[method-assign]
+    return agent

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from call_fakes import voiced
-from e2e_testutil import TOKEN, PlayoutTimeline, record_barge_in_times, serving
+from e2e_testutil import TOKEN, PlayoutTimeline, serving, stamp_barge_ins
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.echo import EchoAgent
 from rtvoice.call.registry import CallRegistry
@@ -36,21 +36,24 @@ class Rig:
     registry: CallRegistry
     twilio: SimulatedTwilio
     agents: list[Agent]
+    #: the call's stream time at each barge-in (e2e_testutil.stamp_barge_ins)
+    decided: list[int]
 
 
 @asynccontextmanager
 async def running(factory: Callable[[Settings], Agent] | None = None) -> AsyncIterator[Rig]:
     """rtvoice's real app (routes, webhook, session) on loopback, and a simulated Twilio pointed at it."""
     agents: list[Agent] = []
+    decided: list[int] = []
 
     def make(s: Settings) -> Agent:
         agent = factory(s) if factory is not None else EchoAgent(s)
         agents.append(agent)
-        return agent
+        return stamp_barge_ins(agent, decided)
 
     async with serving(make, agent="echo", echo_delay_ms=300, vad_onset_frames=3, vad_hangover_frames=10) as srv:
         twilio = SimulatedTwilio(f"http://127.0.0.1:{srv.port}", auth_token=TOKEN, speed=SPEED)
-        yield Rig(srv.settings, srv.server, srv.registry, twilio, agents)
+        yield Rig(srv.settings, srv.server, srv.registry, twilio, agents, decided)
 
 
 @pytest.fixture
@@ -110,8 +113,7 @@ async def test_speaking_over_the_echo_clears_it_and_reports_what_was_heard(rig: 
     )
     call = rig.twilio.start_call(script)
     timeline = PlayoutTimeline(call.playout)
-    await call.wait_first_bot_audio(TIMEOUT)  # the agent exists: record the stream time of its barge-ins
-    decided = record_barge_in_times(rig.agents[0])
+    decided = rig.decided
     clear = await call.wait_clear(1, TIMEOUT)
     said2 = call.result.said[-1][0]
     await call.wait_stream_time(clear.at_ms + 1500, TIMEOUT)

@@ -5,9 +5,10 @@ For each mode (``openai`` with ``pcmu`` and ``pcm`` audio, ``openai-elevenlabs``
 * a turn: the caller asks, the bot answers; the caller heard the bot's audio (byte-identical to what the
   emulator rendered when the path is μ-law pass-through), the call record holds the caller's and the bot's
   text; a second question asked after the bot finished is no barge-in (no clear, no cancel, no truncate);
-* a barge-in: the caller speaks 1.5 s into a ~6 s answer; Twilio gets ``clear`` within 120 ms (stream time)
-  of the caller's speech onset and the vendor is told what the caller heard (OpenAI: ``response.cancel`` +
-  ``conversation.item.truncate`` within ±20 ms of the simulator's heard timeline; OpenAI -> ElevenLabs:
+* a barge-in: the caller speaks 1.5 s into a ~6 s answer; the call decides within 120 ms (stream time) of the
+  caller's speech onset, sends ``clear`` with that frame, and the vendor is told what the caller had heard by
+  then (OpenAI: ``response.cancel`` + ``conversation.item.truncate`` within ±2 frames of the simulator's heard
+  timeline at the deciding frame; OpenAI -> ElevenLabs:
   ``close_context`` + the OpenAI conversation corrected to the heard text; ElevenLabs agent: the emulator's
   ``interruption``).
 
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 
 from agents_vendor_testutil import speech_ulaw
-from e2e_testutil import TOKEN, serving
+from e2e_testutil import TOKEN, PlayoutTimeline, serving, stamp_barge_ins
 from rtvoice.agents.vendor_common import Alignment
 from rtvoice.records import CallRecords
 from rtvoice.sim.elevenlabs_emulator import ElevenLabsConfig, ElevenLabsEmulator
@@ -41,6 +42,7 @@ TIMEOUT = 90.0
 MS_PER_CHAR = 60.0
 VENDOR_SILENCE_MS = 500  # the emulated server VAD's end-of-turn silence (rtvoice's session.update asks 500)
 FRAME = 160
+FRAME_MS = 20
 
 MODES = ["openai-pcmu", "openai-pcm", "openai-elevenlabs", "elevenlabs-agent"]
 
@@ -63,6 +65,8 @@ class Rig:
     records: CallRecords
     oa: OpenAIRealtimeEmulator | None
     el: ElevenLabsEmulator | None
+    #: the call's stream time at each barge-in (e2e_testutil.stamp_barge_ins)
+    decided: list[int]
 
 
 @asynccontextmanager
@@ -103,8 +107,11 @@ async def rig_for(mode: str, replies: list[Reply], tmp_path: Path) -> AsyncItera
             serving(record=True, db_path=str(tmp_path / "calls.sqlite3"), **settings)
         )
         assert srv.records is not None
+        decided: list[int] = []
+        make = srv.registry.agent_factory
+        srv.registry.agent_factory = lambda s: stamp_barge_ins(make(s), decided)
         twilio = SimulatedTwilio(f"http://127.0.0.1:{srv.port}", auth_token=TOKEN, speed=SPEED)
-        yield Rig(mode, twilio, srv.records, oa, el)
+        yield Rig(mode, twilio, srv.records, oa, el, decided)
 
 
 # --- what the emulators sent and received ---------------------------------------------------------------
@@ -266,28 +273,42 @@ async def test_barge_in_during_a_long_answer(mode: str, tmp_path: Path) -> None:
             .hangup(after_bot_silence_ms=1500)
         )
         call: SimulatedCall = rig.twilio.start_call(script, max_duration_ms=40_000)
+        timeline = PlayoutTimeline(call.playout)
         clear = await call.wait_clear(1, TIMEOUT)
         # What the caller had heard of the bot when the clear arrived: all of it belongs to the long answer
         # (the answer to the interruption cannot start before the caller stops speaking).
-        heard_ms = call.playout.played_total / 8
+        heard_at_clear = call.playout.played_total / 8
         result = await call.wait_done(TIMEOUT)
         assert result.violations == []
+        # Stream time, on the frame the call decided on: the reaction, and what the caller had heard by the
+        # end of that frame (what the vendor must be told). Not when the clear happened to reach the
+        # simulated Twilio: on a busy machine it may play a few more frames first.
+        assert len(rig.decided) == 1, rig.decided
+        decided = rig.decided[0]
         onset = result.said[1][0]
-        reaction = clear.at_ms - onset
-        assert 0 <= reaction <= 120, (onset, clear)
+        reaction = decided - onset
+        assert 0 <= reaction <= 120, (onset, decided)
+        assert clear.at_ms >= decided - FRAME_MS, (clear, decided)
+        heard_ms = timeline.played_ms_at(decided)
 
         items = rendered_items(rig)
         assert len(items) >= 1
         long_id, long_audio = items[0]
         rendered_ms = len(long_audio) / bytes_per_ms(rig)
-        assert heard_ms < rendered_ms - 1000  # really cut off, well before its end
+        assert heard_at_clear < rendered_ms - 1000  # really cut off, well before its end
         if mode != "openai-pcm":
             # Cross-check against the heard timeline: the long answer's frames up to the clear.
             before_clear = result.heard_until(clear.at_ms)
-            start, _ = assert_heard_verbatim(before_clear, long_audio[: int(heard_ms) * 8 - FRAME])
+            start, _ = assert_heard_verbatim(before_clear, long_audio[: int(heard_at_clear) * 8 - FRAME])
             assert abs(start / 8 - result.bot_segments[0][0]) <= 40
-            assert abs(start / 8 + heard_ms - clear.at_ms) <= 25  # no gaps in the playout before the clear
-        figures: dict[str, float] = {"onset_to_clear_ms": reaction, "heard_ms": heard_ms}
+            # The playout never ran ahead of the stream clock. (Gaps before the clear are reported, not failed:
+            # the emulated vendors pace their audio on the wall clock, so a stalled test process underruns the
+            # playout; assert_heard_verbatim already allows for them.)
+            gap_ms = clear.at_ms - (start / 8 + heard_at_clear)
+            assert gap_ms >= -1, (start, heard_at_clear, clear)
+        figures: dict[str, float] = {"onset_to_decision_ms": reaction, "heard_ms": heard_ms}
+        if mode != "openai-pcm":
+            figures["playout_gap_ms"] = gap_ms
 
         if mode in ("openai-pcmu", "openai-pcm"):
             cancels = openai_received(rig, "response.cancel")
@@ -297,7 +318,10 @@ async def test_barge_in_during_a_long_answer(mode: str, tmp_path: Path) -> None:
             assert truncates[0]["item_id"] == long_id
             error = truncates[0]["audio_end_ms"] - heard_ms
             figures["truncate_error_ms"] = error
-            assert abs(error) <= 20, (truncates[0], heard_ms)
+            # within the two frames the protocol leaves open: the call places a mark echo between the end of
+            # the frame it arrived after and one frame later, and a simulated Twilio that fell behind echoes
+            # it at its next frame
+            assert abs(error) <= 2 * FRAME_MS, (truncates[0], heard_ms)
             assert rig.oa is not None and not rig.oa.sessions[0].rejected, rig.oa.sessions[0].rejected
         elif mode == "openai-elevenlabs":
             assert rig.el is not None
@@ -317,7 +341,8 @@ async def test_barge_in_during_a_long_answer(mode: str, tmp_path: Path) -> None:
             assert len(creates) == 1, creates
             said = creates[0]["content"][0]["text"]
             assert LONG.startswith(said) and said
-            lo, hi = expected_heard_text(LONG, heard_ms - 20), expected_heard_text(LONG, heard_ms + 20)
+            lo = expected_heard_text(LONG, heard_ms - 2 * FRAME_MS)  # the same two frames as the truncate
+            hi = expected_heard_text(LONG, heard_ms + 2 * FRAME_MS)
             assert len(lo) <= len(said) <= len(hi), (said, lo, hi)
             figures["heard_chars"] = len(said)
             assert rig.oa is not None and not rig.oa.sessions[0].rejected, rig.oa.sessions[0].rejected

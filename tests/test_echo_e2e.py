@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from e2e_testutil import PlayoutTimeline, record_barge_in_times
+from e2e_testutil import PlayoutTimeline, stamp_barge_ins
 from rtvoice.agents.base import Agent
 from rtvoice.bench.quality import bot_answer, speech_onset_ms
 from rtvoice.call.registry import CallRegistry
@@ -32,6 +32,8 @@ ANSWER = bot_answer(5.0)
 class Rig:
     twilio: SimulatedTwilio
     agents: list[ScriptedAgent]
+    #: the call's stream time at each barge-in (e2e_testutil.stamp_barge_ins)
+    decided: list[int]
 
 
 @asynccontextmanager
@@ -49,16 +51,17 @@ async def running(policy: str) -> AsyncIterator[Rig]:
         vad_hangover_frames=15,
     )
     agents: list[ScriptedAgent] = []
+    decided: list[int] = []
 
     def make(s: Settings) -> Agent:
         agent = ScriptedAgent(s, [ANSWER])
         agents.append(agent)
-        return agent
+        return stamp_barge_ins(agent, decided)
 
     registry = CallRegistry(settings, agent_factory=make)
     server = await start_server(build_app(settings, registry), settings, sock=sock)
     try:
-        yield Rig(SimulatedTwilio(f"http://127.0.0.1:{port}", auth_token=TOKEN, speed=SPEED), agents)
+        yield Rig(SimulatedTwilio(f"http://127.0.0.1:{port}", auth_token=TOKEN, speed=SPEED), agents, decided)
     finally:
         await registry.shutdown()
         await asyncio.wait_for(server.shutdown(0.0), 20)
@@ -90,9 +93,7 @@ async def test_echo_aware_gate_hears_the_caller_over_the_echo() -> None:
         script = CallScript().say(caller, after_bot_audio_ms=2000)
         call = rig.twilio.start_call(script, line=line(), max_duration_ms=6000)
         timeline = PlayoutTimeline(call.playout)
-        # the agent exists once the webhook ran: wrap its barge_in before any caller speech can reach it
-        await call.wait_first_bot_audio(TIMEOUT)
-        decided = record_barge_in_times(rig.agents[0])
+        decided = rig.decided
         clear = await call.wait_clear(1, TIMEOUT)
         result = await call.wait_done(TIMEOUT)
         said_at = result.said[0][0]
