@@ -58,7 +58,10 @@ async def test_full_worker_refuses_new_calls_and_keeps_the_one_it_has(caplog: py
             assert resp.status == 503
             assert resp.headers["Retry-After"] == "5"
             assert json.loads(await resp.text())["reason"] == "capacity"
-        assert refused("capacity") == before + 3
+            async with http.get(f"http://127.0.0.1:{srv.port}/healthz") as health:
+                doc = json.loads(await health.text())
+        assert refused("capacity") == before + 3  # /healthz asks without counting a refusal
+        assert doc["accepting"] == "capacity" and doc["active_calls"] == 1 and doc["loop_lag_ms"] >= 0
 
         # the call in progress streamed on, untouched, and its end frees the slot
         assert not first.done and first.result.violations == []
@@ -68,6 +71,11 @@ async def test_full_worker_refuses_new_calls_and_keeps_the_one_it_has(caplog: py
         await wait_until(lambda: srv.registry.active_calls == 0, TIMEOUT)
         later = await twilio.call(CallScript().hangup(at_ms=200), timeout_s=TIMEOUT)
         assert later.ws_status == 101 and later.outcome == "completed"
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http,
+            http.get(f"http://127.0.0.1:{srv.port}/healthz") as health,
+        ):
+            assert json.loads(await health.text())["accepting"] == "admit"
 
 
 async def test_a_lagging_loop_refuses_calls_until_it_recovers(caplog: pytest.LogCaptureFixture) -> None:

@@ -110,14 +110,18 @@ class Admission:
         elif avg > self.lag_limit_s:
             self.overloaded = True
 
+    def verdict(self, active: int, pending: int = 0) -> Verdict:
+        """What :meth:`decide` would say now, without counting anything (for ``/healthz``)."""
+        if self.overloaded:
+            return Verdict.OVERLOADED
+        if self.max_calls and active + pending >= self.max_calls:
+            return Verdict.FULL
+        return Verdict.ADMIT
+
     def decide(self, active: int, pending: int = 0) -> Verdict:
         """May one more call start? ``active``: streams in a call on this worker; ``pending``: calls answered
         here whose stream has not started yet. A refusal is counted in :attr:`refused`."""
-        if self.overloaded:
-            verdict = Verdict.OVERLOADED
-        elif self.max_calls and active + pending >= self.max_calls:
-            verdict = Verdict.FULL
-        else:
-            return Verdict.ADMIT
-        self.refused[verdict] += 1
+        verdict = self.verdict(active, pending)
+        if verdict is not Verdict.ADMIT:
+            self.refused[verdict] += 1
         return verdict

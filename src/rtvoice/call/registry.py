@@ -123,6 +123,13 @@ class CallRegistry:
         landed on another worker leaves its entry here for ``PREPARED_TTL_S``)."""
         return len(self._prepared)
 
+    @property
+    def accepting(self) -> Verdict:
+        """What :meth:`admit` would say now, without counting a refusal (``/healthz``)."""
+        if self.closed:
+            return Verdict.DRAINING
+        return self.admission.verdict(len(self._streams), len(self._prepared))
+
     def admit(self) -> Verdict:
         """May this worker take one more call now (:mod:`rtvoice.call.admission`)? Counts the streams in a
         call plus the calls answered and not streaming yet."""

@@ -1,8 +1,11 @@
 """``GET /healthz`` and ``GET /metrics``.
 
-- ``/healthz``: liveness. ``200`` with ``{"ok": true, "active_calls": N, "pid": P}``; ``active_calls`` is the
-  call registry's count in *this* worker process, ``pid`` tells which worker answered (with ``--workers N`` a
-  request reaches one of them).
+- ``/healthz``: liveness. ``200`` with ``{"ok": true, "active_calls": N, "pid": P, "accepting": "admit",
+  "loop_lag_ms": L}``; ``active_calls`` is the call registry's count in *this* worker process, ``pid`` tells
+  which worker answered (with ``--workers N`` a request reaches one of them), ``accepting`` whether that worker
+  would take a new call now (``admit``, or why not: ``capacity``, ``overload``, ``draining``;
+  :mod:`rtvoice.call.admission`) and ``loop_lag_ms`` its averaged event-loop lag. A readiness check for a
+  load balancer in front of several hosts is ``accepting == "admit"``.
 - ``/metrics``: Prometheus text exposition (``text/plain; version=0.0.4``) of :mod:`rtvoice.metrics`, which
   lists the metric names and explains how several workers are aggregated (prometheus-client multiprocess
   mode).
@@ -10,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -34,8 +38,12 @@ def register(app: App, settings: Settings, registry: Any) -> None:
     pid = os.getpid()
 
     async def healthz(request: Request) -> Response:
-        body = b'{"ok": true, "active_calls": %d, "pid": %d}' % (_active_calls(registry), pid)
-        return Response.json(200, body)
+        doc: dict[str, Any] = {"ok": True, "active_calls": _active_calls(registry), "pid": pid}
+        accepting = getattr(registry, "accepting", None)
+        if accepting is not None:
+            doc["accepting"] = getattr(accepting, "value", str(accepting))
+            doc["loop_lag_ms"] = round(1000.0 * float(registry.admission.lag_s), 2)
+        return Response.json(200, json.dumps(doc).encode())
 
     async def metrics_endpoint(request: Request) -> Response:
         body, content_type = metrics.render()
