@@ -117,3 +117,23 @@ def stamp_barge_ins(agent: Agent, times: list[int]) -> Agent:
     agent.start = stamped_start  # type: ignore[method-assign]
     agent.barge_in = stamped_barge_in  # type: ignore[method-assign]
     return agent
+
+
+def stamp_bot_audio(agent: Agent, times: list[int]) -> Agent:
+    """Make the call ``agent`` talks to append its stream time (``Call.now``) to ``times`` each time the agent
+    hands it bot audio (with an empty playout queue the call sends it to Twilio in that frame). Wraps ``start``
+    to wrap the sink's ``bot_audio``; call it before the agent starts. Returns the agent."""
+    start = agent.start
+
+    async def stamped_start(call: Any, sink: Any) -> None:
+        inner = sink.bot_audio
+
+        def bot_audio(item_id: str, ulaw: bytes) -> None:
+            times.append(sink.now)
+            inner(item_id, ulaw)
+
+        sink.bot_audio = bot_audio
+        await start(call, sink)
+
+    agent.start = stamped_start  # type: ignore[method-assign]
+    return agent

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from call_fakes import voiced
-from e2e_testutil import TOKEN, PlayoutTimeline, serving, stamp_barge_ins
+from e2e_testutil import TOKEN, PlayoutTimeline, serving, stamp_barge_ins, stamp_bot_audio
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.echo import EchoAgent
 from rtvoice.call.registry import CallRegistry
@@ -38,6 +38,8 @@ class Rig:
     agents: list[Agent]
     #: the call's stream time at each barge-in (e2e_testutil.stamp_barge_ins)
     decided: list[int]
+    #: the call's stream time each time the agent handed it bot audio (e2e_testutil.stamp_bot_audio)
+    bot_audio_at: list[int]
 
 
 @asynccontextmanager
@@ -45,15 +47,16 @@ async def running(factory: Callable[[Settings], Agent] | None = None) -> AsyncIt
     """rtvoice's real app (routes, webhook, session) on loopback, and a simulated Twilio pointed at it."""
     agents: list[Agent] = []
     decided: list[int] = []
+    bot_audio_at: list[int] = []
 
     def make(s: Settings) -> Agent:
         agent = factory(s) if factory is not None else EchoAgent(s)
         agents.append(agent)
-        return stamp_barge_ins(agent, decided)
+        return stamp_bot_audio(stamp_barge_ins(agent, decided), bot_audio_at)
 
     async with serving(make, agent="echo", echo_delay_ms=300, vad_onset_frames=3, vad_hangover_frames=10) as srv:
         twilio = SimulatedTwilio(f"http://127.0.0.1:{srv.port}", auth_token=TOKEN, speed=SPEED)
-        yield Rig(srv.settings, srv.server, srv.registry, twilio, agents, decided)
+        yield Rig(srv.settings, srv.server, srv.registry, twilio, agents, decided, bot_audio_at)
 
 
 @pytest.fixture
@@ -84,19 +87,18 @@ async def test_caller_hears_its_own_words_back(rig: Rig) -> None:
     assert result.ws_status == 101
     said_start = result.said[0][0]
     first = result.first_bot_audio_ms
-    assert first is not None
-    # The echo starts echo_delay_ms after the caller's first word (pacing adds nothing). Three frames of slack:
-    # stream time runs 5x wall time here, so 12 ms of scheduling jitter on a busy machine is 60 stream ms.
-    assert abs(first - (said_start + 300)) <= 60, (first, said_start)
-    # Every 20 ms of the caller's words comes back, unchanged and in order. (Stream time runs 5x faster than
-    # wall time here, so a few ms of scheduling jitter on this shared machine can open sub-frame gaps; the
-    # audio itself must be intact.)
-    heard = bytes(result.heard)
-    found = [heard.find(words[i : i + 160], int(first * 8) - 8) for i in range(0, len(words), 160)]
-    assert all(pos >= 0 for pos in found), found
-    assert found == sorted(found)
-    assert abs(found[0] / 8 - first) <= 1
-    assert (found[-1] - found[0]) / 8 <= 780 + 60
+    assert first is not None and rig.bot_audio_at
+    # The echo starts echo_delay_ms after the caller's first word (pacing adds nothing), on the call's stream
+    # clock: the frame in which the agent handed the call its first echo audio (the frame of the word
+    # 300 ms later, one frame of rounding). The simulated caller hears it once it arrives: at or after the
+    # frame it went out with (how much later depends on the machine's load, so no upper bound here).
+    assert abs(rig.bot_audio_at[0] - (said_start + 300)) <= 20, (rig.bot_audio_at[0], said_start)
+    assert first >= rig.bot_audio_at[0] - 20, (first, rig.bot_audio_at[0])
+    # The caller's words come back unchanged and in order. A busy machine can delay a frame and open a gap of
+    # silence in what the caller heard (the simulated Twilio fills an empty playout with μ-law silence,
+    # 0xFF): with the silence taken out of both, the words are there, whole, after the first echo.
+    heard = bytes(result.heard)[int(first * 8) - 8 :].replace(b"\xff", b"")
+    assert words.replace(b"\xff", b"") in heard
     # Marks were sent and echoed as played; none was lost.
     assert result.marks and all(m.echoed_ms is not None and m.played for m in result.marks)
     assert rig.registry.active_calls == 0
