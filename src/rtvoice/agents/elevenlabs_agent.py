@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
+from rtvoice.agents.ticker import ticker_for
 from rtvoice.agents.vendor_common import PCM_RATES, FromPcm8k, ToUlaw8k, b64decode, cancel_all, ws_base_url
 
 if TYPE_CHECKING:
@@ -317,8 +318,8 @@ class ElevenLabsAgent(Agent):
         self._tasks = [
             asyncio.create_task(self._receive(), name="elevenlabs-agent-recv"),
             asyncio.create_task(self._sender(), name="elevenlabs-agent-send"),
-            asyncio.create_task(self._watchdog(), name="elevenlabs-agent-watchdog"),
         ]
+        ticker_for().add(self._watchdog)
         self._wake.set()
 
     def send_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> None:
@@ -363,11 +364,10 @@ class ElevenLabsAgent(Agent):
             if data is not None:
                 self._audio += data
 
-    async def _watchdog(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closing:
-            await asyncio.sleep(0.2)
-            self.core.check_stall(loop.time())
+    def _watchdog(self, now: float) -> None:
+        """Every ``WATCHDOG_PERIOD_S`` (the loop's shared :mod:`rtvoice.agents.ticker`): a stalled agent."""
+        if not self._closing:
+            self.core.check_stall(now)
 
     async def _receive(self) -> None:
         from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
@@ -410,6 +410,7 @@ class ElevenLabsAgent(Agent):
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
+        ticker_for().remove(self._watchdog)
         await cancel_all(self._tasks)
         self._tasks = []
         if self._ws is not None:

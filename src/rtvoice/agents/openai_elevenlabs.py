@@ -35,6 +35,7 @@ from urllib.parse import quote, urlencode
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.openai_realtime import RealtimeCore, RealtimeLink, ToolRunner
+from rtvoice.agents.ticker import ticker_for
 from rtvoice.agents.vendor_common import Alignment, ToUlaw8k, Usage, WordChunker, b64decode, cancel_all, ws_base_url
 
 if TYPE_CHECKING:
@@ -355,8 +356,8 @@ class OpenAIElevenLabsAgent(Agent):
         self._tasks = [
             asyncio.create_task(self._tts_receive(self._ws), name="tts-recv"),
             asyncio.create_task(self._tts_sender(), name="tts-send"),
-            asyncio.create_task(self._tts_watchdog(), name="tts-watchdog"),
         ]
+        ticker_for().add(self._tts_watchdog)
         self.core.queue_greeting(asyncio.get_running_loop().time())
         self.link.kick()
 
@@ -406,11 +407,10 @@ class OpenAIElevenLabsAgent(Agent):
             if self.tts.outbox:
                 self._tts_wake.set()
 
-    async def _tts_watchdog(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closing:
-            await asyncio.sleep(0.2)
-            self.tts.check_stall(loop.time())
+    def _tts_watchdog(self, now: float) -> None:
+        """Every ``WATCHDOG_PERIOD_S`` (the loop's shared :mod:`rtvoice.agents.ticker`): a stalled TTS."""
+        if not self._closing:
+            self.tts.check_stall(now)
 
     # --- text hooks (called by TextRealtimeCore) ------------------------------------------------------------
     def text_delta(self, item_id: str, delta: str, now: float) -> None:
@@ -477,6 +477,7 @@ class OpenAIElevenLabsAgent(Agent):
     async def close(self) -> None:
         self._closing = True
         self._tts_wake.set()
+        ticker_for().remove(self._tts_watchdog)
         await cancel_all(self._tasks)
         self._tasks = []
         if self._ws is not None:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from websockets.protocol import State as _WsState
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
+from rtvoice.agents.ticker import ticker_for
 from rtvoice.agents.vendor_common import (
     FromPcm8k,
     ToUlaw8k,
@@ -576,7 +577,6 @@ class RealtimeCore:
 class _Tasks:
     receiver: asyncio.Task[None] | None = None
     sender: asyncio.Task[None] | None = None
-    watchdog: asyncio.Task[None] | None = None
     all: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -655,7 +655,7 @@ class RealtimeLink:
         if self._tasks.receiver is None:
             self._tasks.receiver = asyncio.create_task(self._receive(), name="openai-recv")
             self._tasks.sender = asyncio.create_task(self._sender(), name="openai-send")
-            self._tasks.watchdog = asyncio.create_task(self._watchdog(), name="openai-watchdog")
+            ticker_for().add(self._watchdog)
         self._wake.set()
 
     def send_caller_audio(self, ulaw: bytes | memoryview, pcm: memoryview) -> None:
@@ -771,13 +771,14 @@ class RealtimeLink:
         finally:
             self._sending = False
 
-    async def _watchdog(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closing:
-            await asyncio.sleep(0.2)
-            self.core.check_stall(loop.time())
-            if self.core.outbox:
-                self._wake.set()
+    def _watchdog(self, now: float) -> None:
+        """Every ``WATCHDOG_PERIOD_S`` (the loop's shared :mod:`rtvoice.agents.ticker`): a stalled vendor, and
+        client events the sender has not been woken for."""
+        if self._closing:
+            return
+        self.core.check_stall(now)
+        if self.core.outbox:
+            self._wake.set()
 
     async def _receive(self) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -852,7 +853,8 @@ class RealtimeLink:
         self._closing = True
         self._wake.set()
         tasks = self._tasks
-        await cancel_all(t for t in (tasks.receiver, tasks.sender, tasks.watchdog) if t is not None)
+        ticker_for().remove(self._watchdog)
+        await cancel_all(t for t in (tasks.receiver, tasks.sender) if t is not None)
         self._tasks = _Tasks()
         if self._conn is not None:
             with contextlib.suppress(Exception):
