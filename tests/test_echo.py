@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from importlib import resources
 
 import numpy as np
@@ -18,6 +20,7 @@ from rtvoice.echo import (
     REF_ACTIVE,
     EchoAwareGate,
     EchoCanceller,
+    EchoTuning,
     IgnoreFirstGate,
     ReferenceTap,
     VadGate,
@@ -273,3 +276,83 @@ def test_reference_ring_wraps_around() -> None:
     end_ms = len(audio) // 8
     frame = np.asarray(tap.played_frame(ledger, end_ms), dtype=np.int16)
     assert frame.tobytes() == np.asarray(ulaw_decode(audio[-160:]), dtype=np.int16).tobytes()
+
+
+# --- tuning knobs: validated at construction ------------------------------------------------------------------
+
+BAD_CANCELLER_ARGS = [
+    ("taps", 0, "8..256"),
+    ("taps", 12, "multiple of 8"),
+    ("taps", 264, "8..256"),
+    ("taps", 48.0, "8..256"),
+    ("taps", True, "8..256"),
+    ("max_delay_ms", 19, "20..1000"),
+    ("max_delay_ms", 1001, "20..1000"),
+    ("max_delay_ms", -5, "20..1000"),
+    ("mu", 0.0, "(0, 1]"),
+    ("mu", 1.5, "(0, 1]"),
+    ("mu", float("nan"), "(0, 1]"),
+    ("dt_threshold_db", -1.0, "[0, 40]"),
+    ("dt_threshold_db", 1e6, "[0, 40]"),  # was accepted: dt_ratio = inf, the detector never fired
+    ("dt_threshold_db", float("nan"), "[0, 40]"),  # was accepted: dt_ratio = nan
+]
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), BAD_CANCELLER_ARGS)
+def test_canceller_refuses_a_bad_knob_naming_it_and_its_range(name: str, value: object, allowed: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} must be .*{re.escape(allowed)}"):
+        EchoCanceller(**{name: value})  # type: ignore[arg-type]
+
+
+BAD_TUNING = [
+    ("rise", 0.0, "(0, 1]"),  # the per-frame gain cap divides by it
+    ("rise", -0.1, "(0, 1]"),
+    ("rise", 1.5, "(0, 1]"),
+    ("rise_cap", 0.0, "(0, 10]"),
+    ("rise_cap", 0.1, ">= rise"),  # under rise (0.15) the residual-echo gains could never rise
+    ("ncc_ratio", 0.9, "[1, 100]"),  # under 1 the bot's own echo would be the caller
+    ("ncc_ratio", float("inf"), "[1, 100]"),
+    ("bg_ratio", 0.5, "[1, 1000]"),
+    ("veto_ratio", -1.0, "[0, 10]"),
+    ("bg_cap_ratio", 0.0, "[1, 1000]"),
+    ("pass_hang", -1, "0..50"),
+    ("pass_hang", 1.0, "0..50"),
+    ("pass_ratio", 0.99, "[1, 100]"),
+    ("ub_ratio", 0.0, "[1, 100]"),
+    ("ub_fall", 0.0, "(0, 1]"),
+    ("ub_fall", 1.01, "(0, 1]"),
+    ("ub_rise", 0.99, "[1, 2]"),
+    ("ub_spread", -1, "0..64"),
+    ("ub_spread", float("nan"), "0..64"),
+    ("ncc_ratio", "1.6", "[1, 100]"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), BAD_TUNING)
+def test_tuning_refuses_a_bad_knob_naming_it_and_its_range(name: str, value: object, allowed: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} must be .*{re.escape(allowed)}"):
+        EchoTuning(**{name: value})  # type: ignore[arg-type]
+
+
+def test_tuning_defaults_are_the_compiled_cores_and_a_tuning_reaches_it() -> None:
+    core = EchoCanceller()._core
+    defaults = EchoTuning()
+    for f in dataclasses.fields(EchoTuning):
+        assert getattr(core, f.name) == pytest.approx(getattr(defaults, f.name)), f.name
+    tuned = EchoTuning(rise=0.2, rise_cap=0.5, pass_hang=2, ub_spread=3, veto_ratio=0.0)
+    core = EchoCanceller(tuning=tuned)._core
+    assert (core.rise, core.rise_cap, core.pass_hang, core.ub_spread, core.veto_ratio) == (
+        pytest.approx(0.2), pytest.approx(0.5), 2, 3, 0.0
+    )
+    # the edges of every range are accepted
+    EchoTuning(rise=1.0, rise_cap=10.0, ncc_ratio=1.0, bg_ratio=1000.0, pass_hang=50, ub_rise=2.0, ub_spread=0)
+    EchoCanceller(taps=256, max_delay_ms=20, mu=1.0, dt_threshold_db=0.0)
+    with pytest.raises(ValueError, match="tuning must be an EchoTuning"):
+        EchoCanceller(tuning={"rise": 0.2})  # type: ignore[arg-type]
+
+
+def test_ignore_first_gate_refuses_a_bad_grace_period() -> None:
+    for bad in (-1, 60_001, 1.5, None):
+        with pytest.raises(ValueError, match=r"^ignore_ms must be an integer in 0\.\.60000"):
+            IgnoreFirstGate(bad)  # type: ignore[arg-type]
+    assert IgnoreFirstGate(0).allow("vad", 0, 0)

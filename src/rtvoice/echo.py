@@ -46,6 +46,8 @@ when it played, so it can subtract the echo:
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Protocol
 
 from rtvoice import _dsp
@@ -66,6 +68,80 @@ LOCKED = _dsp.EC_LOCKED
 ABOVE_BG = _dsp.EC_ABOVE_BG
 #: EchoGateCore.frame: no bot audio sent yet (the frame was not processed)
 _UNPRIMED = _dsp.EG_UNPRIMED
+#: the compiled canceller's filter length limit (``_EC_MAXTAPS`` in _dsp.pyx, not exported)
+MAX_TAPS = 256
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> None:
+    """ValueError naming ``name`` unless ``value`` is an int (not a bool) in ``lo..hi``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+
+
+def _check_real(name: str, value: object, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    """ValueError naming ``name`` unless ``value`` is a finite real number in ``[lo, hi]`` (``(lo, hi]`` with
+    ``lo_open``). NaN fails every comparison, so it would pass a plain ``not lo <= x`` test as "in range" in
+    some spellings and poison the detector's state: it is refused explicitly."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (lo < value if lo_open else lo <= value)
+        and value <= hi
+    )
+    if not ok:
+        raise ValueError(f"{name} must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class EchoTuning:
+    """The double-talk detector's tunables (attributes of the compiled core; defaults chosen on the quality
+    benchmark's scenario matrix, and equal to the core's own: ``tests/test_echo.py`` checks). Every field is
+    validated here, at construction: a value outside its range raises ValueError naming the field and the range
+    (``rise=0`` would divide by zero in the per-frame gain update; a ratio under 1 would call the bot's own echo
+    the caller). Pass one to :class:`EchoCanceller`.
+    """
+
+    #: converged filter: a microphone this many times above the echo estimate (+ noise) is the caller
+    ncc_ratio: float = 1.6
+    #: rise rate of the learned residual-echo gains per frame (an EMA coefficient; also a divisor)
+    rise: float = 0.15
+    #: cap of one frame's gain rise (x ``1 + rise_cap - rise``); below ``rise`` the gains could never rise
+    rise_cap: float = 0.3
+    #: a caller frame must be this many times above the line's background
+    bg_ratio: float = 8.0
+    #: converged filter: a microphone under this many times (echo estimate + background) is not the caller
+    #: (0 turns the veto off)
+    veto_ratio: float = 1.1
+    #: the background is capped at this many times the noise floor
+    bg_cap_ratio: float = 6.0
+    #: frames after double talk that pass unsuppressed when the microphone is ``pass_ratio`` above the echo
+    pass_hang: int = 0
+    pass_ratio: float = 1.25
+    #: before convergence: a microphone this many times above the most pessimistic echo any lag allows is the
+    #: caller
+    ub_ratio: float = 4.0
+    #: how fast a per-lag echo-gain bound falls on evidence (an EMA coefficient) and rises again per frame
+    ub_fall: float = 0.9
+    ub_rise: float = 1.02
+    #: lag blocks either side a bound covers (a reference timeline that jitters)
+    ub_spread: int = 5
+
+    def __post_init__(self) -> None:
+        _check_real("ncc_ratio", self.ncc_ratio, 1.0, 100.0)
+        _check_real("rise", self.rise, 0.0, 1.0, lo_open=True)
+        _check_real("rise_cap", self.rise_cap, 0.0, 10.0, lo_open=True)
+        if self.rise_cap < self.rise:
+            raise ValueError(f"rise_cap must be >= rise ({self.rise:g}), got {self.rise_cap!r}")
+        _check_real("bg_ratio", self.bg_ratio, 1.0, 1000.0)
+        _check_real("veto_ratio", self.veto_ratio, 0.0, 10.0)
+        _check_real("bg_cap_ratio", self.bg_cap_ratio, 1.0, 1000.0)
+        _check_int("pass_hang", self.pass_hang, 0, 50)
+        _check_real("pass_ratio", self.pass_ratio, 1.0, 100.0)
+        _check_real("ub_ratio", self.ub_ratio, 1.0, 100.0)
+        _check_real("ub_fall", self.ub_fall, 0.0, 1.0, lo_open=True)
+        _check_real("ub_rise", self.ub_rise, 1.0, 2.0)
+        _check_int("ub_spread", self.ub_spread, 0, 64)
 
 
 class EchoCanceller:
@@ -74,14 +150,34 @@ class EchoCanceller:
     ``process(mic, ref, out)`` takes three buffers of 160 int16 samples (320 bytes: numpy int16 arrays,
     ``memoryview(...).cast("h")``, bytearrays): the caller's frame, the bot audio played during it, and where
     to write the echo-reduced frame. Returns flag bits (:data:`NEAR_END`, :data:`REF_ACTIVE`, :data:`LOCKED`).
+
+    Every knob is validated at construction (ValueError naming it and its range): ``taps`` a multiple of 8 in
+    8..256, ``max_delay_ms`` 20..1000, ``mu`` (NLMS step) in (0, 1], ``dt_threshold_db`` (double-talk margin
+    over the predicted echo) in [0, 40], and the detector's tunables through ``tuning`` (:class:`EchoTuning`).
     """
 
     __slots__ = ("_core",)
 
     def __init__(
-        self, taps: int = 48, max_delay_ms: int = 350, mu: float = 0.4, dt_threshold_db: float = 6.0
+        self,
+        taps: int = 48,
+        max_delay_ms: int = 350,
+        mu: float = 0.4,
+        dt_threshold_db: float = 6.0,
+        *,
+        tuning: EchoTuning | None = None,
     ) -> None:
+        if isinstance(taps, bool) or not isinstance(taps, int) or not 8 <= taps <= MAX_TAPS or taps % 8:
+            raise ValueError(f"taps must be a multiple of 8 in 8..{MAX_TAPS}, got {taps!r}")
+        _check_int("max_delay_ms", max_delay_ms, 20, 1000)
+        _check_real("mu", mu, 0.0, 1.0, lo_open=True)
+        _check_real("dt_threshold_db", dt_threshold_db, 0.0, 40.0)
+        if tuning is not None and not isinstance(tuning, EchoTuning):
+            raise ValueError(f"tuning must be an EchoTuning, got {type(tuning).__name__}")
         self._core = _dsp.EchoCancellerCore(taps, max_delay_ms, mu, dt_threshold_db)
+        if tuning is not None:
+            for f in fields(EchoTuning):
+                setattr(self._core, f.name, getattr(tuning, f.name))
 
     def process(self, mic: _dsp.BufferLike, ref: _dsp.BufferLike, out: _dsp.BufferLike) -> int:
         """Cancel the echo in one frame (no allocation; the arithmetic runs without the GIL)."""
@@ -179,6 +275,7 @@ class IgnoreFirstGate:
     workaround for echo; it also ignores a caller who really does interrupt early)."""
 
     def __init__(self, ignore_ms: int = 3000) -> None:
+        _check_int("ignore_ms", ignore_ms, 0, 60_000)  # 0: no grace period (the plain "vad" policy)
         self.ignore_ms = ignore_ms
         self._turn_start: int | None = None
 
@@ -261,6 +358,7 @@ __all__ = [
     "REF_ACTIVE",
     "EchoAwareGate",
     "EchoCanceller",
+    "EchoTuning",
     "FrameGate",
     "IgnoreFirstGate",
     "ReferenceTap",
