@@ -27,22 +27,48 @@ With one worker (the default, and the in-process tests) plain in-memory values a
 Per-frame metrics (``frames_in``, ``frames_out``, ``frame_processing_seconds``) are not touched per frame:
 each prometheus-client ``inc``/``observe`` takes a lock and walks the buckets, ~5 % of the event loop at a
 few hundred calls. The media path counts into :data:`FRAME_STATS` (plain ints) instead, and those are folded
-into the Prometheus objects at a low rate (:meth:`FrameStats.flush`): at every scrape of this process
-(:func:`render`), every ``FLUSH_FRAMES`` frames (so the other workers' files stay fresh in multiprocess mode)
-and at the end of each call. Names and semantics are unchanged; a scrape of another worker may lag this one by
-up to ``FLUSH_FRAMES`` frames.
+in at a low rate (:meth:`FrameStats.flush`): at every scrape of this process (:func:`render`), every
+``FLUSH_FRAMES`` frames (so the other workers' files stay fresh in multiprocess mode) and at the end of each
+call. Names and semantics are unchanged; a scrape of another worker may lag this one by up to
+``FLUSH_FRAMES`` frames. The frame counters fold with ``Counter.inc(n)``. The histogram has no public
+"observe n values at once", so:
+
+- one process (the default): ``rtvoice_frame_processing_seconds`` is exposed by a custom collector
+  (:class:`FrameHistogram`, prometheus-client's supported way to export values aggregated elsewhere) from
+  the folded bucket counts and sum, with the same name, type, buckets, ``_created`` series and no labels;
+- multiprocess mode: a scrape reads every worker's values from the mmap'd files, which only the metric
+  objects write (custom collectors are not collected there, per prometheus-client's documentation), and the
+  only public way to put a histogram observation there is one ``observe`` per value: 1000 of them per fold
+  would bring back the per-frame cost this batching removed. There the fold still writes the ``Histogram``'s
+  own bucket and sum values (prometheus-client internals, ``_buckets``/``_sum``); tests/test_metrics_multiprocess
+  checks it against per-frame ``observe`` in a real multiprocess directory, so an upgrade that changes them
+  fails a test rather than the metrics.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+def multiprocess_dir() -> str | None:
+    """The prometheus-client multiprocess directory when running as one of several workers, else None."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+#: Decided once, at import: the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before its workers import this.
+MULTIPROCESS = multiprocess_dir() is not None
 
 #: Per-frame processing time buckets: the budget for one 20 ms frame is tens of microseconds, so the buckets
 #: start at 5 µs and end at the frame period itself.
@@ -56,12 +82,74 @@ FRAMES_IN = Counter("rtvoice_frames_in", "Inbound media frames received", regist
 FRAMES_OUT = Counter("rtvoice_frames_out", "Outbound media frames sent", registry=REGISTRY)
 FRAMES_DROPPED = Counter("rtvoice_frames_dropped", "Media frames dropped", registry=REGISTRY)
 FRAMES_LATE = Counter("rtvoice_frames_late", "Inbound media frames late or out of order", registry=REGISTRY)
-FRAME_PROCESSING = Histogram(
-    "rtvoice_frame_processing_seconds",
-    "Server processing time per inbound media frame",
-    registry=REGISTRY,
-    buckets=FRAME_BUCKETS,
-)
+FRAME_PROCESSING_NAME = "rtvoice_frame_processing_seconds"
+FRAME_PROCESSING_HELP = "Server processing time per inbound media frame"
+
+
+class FrameHistogram(Collector):
+    """``rtvoice_frame_processing_seconds`` in one process: a custom collector over bucket counts and a sum
+    that :meth:`FrameStats.flush` folds in (:meth:`fold`), exposed exactly as a ``Histogram`` with
+    :data:`FRAME_BUCKETS` would be (cumulative ``_bucket{le}`` with ``+Inf``, ``_count``, ``_sum`` and, unless
+    ``PROMETHEUS_DISABLE_CREATED_SERIES`` is set, ``_created``)."""
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self._les = [floatToGoString(b) for b in buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self._counts = [0] * len(self._les)  # non-cumulative; the last one is +Inf
+        self._sum_ns = 0
+        self._created = time.time()
+        self._use_created = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() not in (
+            "true",
+            "1",
+            "t",
+        )
+
+    def fold(self, counts: list[int], sum_ns: int) -> None:
+        """Add non-cumulative bucket counts (one per bucket, then +Inf) and their sum in ns."""
+        mine = self._counts
+        for i, c in enumerate(counts):
+            if c:
+                mine[i] += c
+        self._sum_ns += sum_ns
+
+    def collect(self) -> Iterable[Metric]:
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for le, c in zip(self._les, self._counts, strict=True):
+            cumulative += c
+            buckets.append((le, float(cumulative)))
+        family = HistogramMetricFamily(
+            FRAME_PROCESSING_NAME, FRAME_PROCESSING_HELP, buckets=buckets, sum_value=self._sum_ns / 1e9
+        )
+        if self._use_created:
+            family.add_sample(FRAME_PROCESSING_NAME + "_created", {}, self._created)
+        yield family
+
+
+class _MultiprocessFrameHistogram:
+    """``rtvoice_frame_processing_seconds`` in multiprocess mode: the ``Histogram`` object (only metric objects
+    write the mmap'd files a scrape aggregates), folded through its own per-bucket values (see the module
+    docstring for why there is no public way)."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+
+    def fold(self, counts: list[int], sum_ns: int) -> None:
+        h = self.histogram
+        h._sum.inc(sum_ns / 1e9)
+        # non-cumulative per-bucket values, as prometheus-client keeps them (it accumulates at exposition)
+        for i, c in enumerate(counts):
+            if c:
+                h._buckets[i].inc(c)
+
+
+FRAME_PROCESSING: FrameHistogram | _MultiprocessFrameHistogram
+if MULTIPROCESS:
+    FRAME_PROCESSING = _MultiprocessFrameHistogram(
+        Histogram(FRAME_PROCESSING_NAME, FRAME_PROCESSING_HELP, registry=REGISTRY, buckets=FRAME_BUCKETS)
+    )
+else:
+    FRAME_PROCESSING = FrameHistogram(FRAME_BUCKETS)
+    REGISTRY.register(FRAME_PROCESSING)
 ERRORS = Counter("rtvoice_errors", "Errors by kind", ["kind"], registry=REGISTRY)
 HTTP_REQUESTS = Counter(
     "rtvoice_http_requests", "HTTP requests by route and status", ["route", "status"], registry=REGISTRY
@@ -136,14 +224,10 @@ class FrameStats:
         self._since_flush = 0
         if n:
             FRAMES_IN.inc(n)
-            FRAME_PROCESSING._sum.inc(self._sum_ns / 1e9)
-            # prometheus-client's own per-bucket values (non-cumulative; it accumulates at exposition), so
-            # multiprocess mode and the exposition format behave exactly as with ``observe``.
             counts = self._counts
-            for i, c in enumerate(counts):
-                if c:
-                    FRAME_PROCESSING._buckets[i].inc(c)
-                    counts[i] = 0
+            FRAME_PROCESSING.fold(counts, self._sum_ns)
+            for i in range(len(counts)):
+                counts[i] = 0
             self._sum_ns = 0
         if self._out:
             FRAMES_OUT.inc(self._out)
@@ -151,11 +235,6 @@ class FrameStats:
 
 
 FRAME_STATS = FrameStats()
-
-
-def multiprocess_dir() -> str | None:
-    """The prometheus-client multiprocess directory when running as one of several workers, else None."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def render() -> tuple[bytes, str]:
