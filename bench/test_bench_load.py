@@ -18,7 +18,8 @@ CALLS = 60
 P99_BUDGET_MS = 25.0  # generous: the 5 ms target is the benchmark's, this machine is shared
 
 
-def test_ci_sized_echo_load(tmp_path: Path) -> None:
+def _echo_args(out: Path, **overrides: object) -> argparse.Namespace:
+    """``bench load`` arguments for one echo step (server and generators on separate cores when there are two)."""
     import os
 
     args = argparse.Namespace(
@@ -35,10 +36,17 @@ def test_ci_sized_echo_load(tmp_path: Path) -> None:
         no_fastpath=False,
         native=False,
         threads=False,
-        out=str(tmp_path),
+        out=str(out),
     )
+    for name, value in overrides.items():
+        setattr(args, name, value)
     if (os.cpu_count() or 1) < 2:
         args.server_core = args.other_core = 0
+    return args
+
+
+def test_ci_sized_echo_load(tmp_path: Path) -> None:
+    args = _echo_args(tmp_path)
     # Up to three attempts for the latency budget only (another process on the server's core stalls every
     # call at once); every attempt must be clean: all frames received, none dropped or late, nothing lost.
     p99s = []
@@ -77,28 +85,9 @@ def test_socket_floor_runs_at_the_frame_rate() -> None:
 def test_admission_control_under_load(tmp_path: Path) -> None:
     """``--max-calls``: offered more calls than the cap, the server carries exactly the cap (every frame of
     those calls received, nothing dropped or lost) and refuses the rest busy at the webhook."""
-    import os
-
-    args = argparse.Namespace(
-        modes=["echo"],
-        ramp=[30],
-        duration=3.0,
-        warmup=1.0,
-        budget_ms=1000.0,  # this test is about admission, not latency
-        calls_per_generator=400,
-        server_core=0,
-        other_core=1,
-        keep_going=True,
-        profile_at=set(),
-        no_fastpath=False,
-        native=False,
-        threads=False,
-        max_calls=20,
-        overload_lag_ms=0.0,
-        out=str(tmp_path),
-    )
-    if (os.cpu_count() or 1) < 2:
-        args.server_core = args.other_core = 0
+    args = _echo_args(
+        tmp_path, ramp=[30], duration=3.0, warmup=1.0, budget_ms=1000.0, max_calls=20, overload_lag_ms=0.0
+    )  # this test is about admission, not latency
     rows = bench_load.run_load(args)
     report = bench_load.write_report(rows, args)
     row = rows[0]

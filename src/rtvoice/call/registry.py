@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rtvoice import metrics
 from rtvoice.agents.base import Agent
 from rtvoice.call.admission import Admission, Verdict
 from rtvoice.config import Settings
@@ -34,6 +35,20 @@ log = logging.getLogger("rtvoice.call")
 
 #: How long a pre-opened agent waits for its stream before it is closed.
 PREPARED_TTL_S = 30.0
+
+
+def refusal(registry: Any) -> Verdict | None:
+    """Whether a new call is refused by ``registry`` (anything with :meth:`CallRegistry.admit`; None or a
+    registry without admission takes every call): None when it is taken, else why not, counted in
+    ``rtvoice_calls_refused_total{reason}``. For the webhook and ``POST /calls``."""
+    admit = getattr(registry, "admit", None)
+    if admit is None:
+        return None
+    verdict: Verdict = admit()
+    if verdict is Verdict.ADMIT:
+        return None
+    metrics.CALLS_REFUSED.labels(verdict.value).inc()
+    return verdict
 
 
 class ActiveStream(Protocol):

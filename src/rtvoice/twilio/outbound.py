@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from rtvoice import metrics
-from rtvoice.call.admission import Verdict
+from rtvoice.call.registry import refusal
 from rtvoice.config import AGENT_MODES, ConfigError, Settings
 from rtvoice.server.api import App, Request, Response
 
@@ -226,14 +225,10 @@ class CallsEndpoint:
     def _refused(self) -> Response | None:
         """503 with ``Retry-After`` when this worker would refuse the call's webhook anyway (full, overloaded or
         draining: :mod:`rtvoice.call.admission`), before anything is dialled."""
-        admit = getattr(self.registry, "admit", None)
-        if admit is None:
-            return None
-        verdict = admit()
-        if verdict is Verdict.ADMIT:
+        verdict = refusal(self.registry)
+        if verdict is None:
             return None
         log.warning("refused POST /calls: %s", verdict.value, extra={"refusal": verdict.value})
-        metrics.CALLS_REFUSED.labels(verdict.value).inc()
         return _json(
             503,
             {"error": f"not taking calls now ({verdict.value}): retry later", "reason": verdict.value},

@@ -96,16 +96,21 @@ def hangup_twiml() -> str:
     return str(response.to_xml(xml_declaration=True))
 
 
-def first_verb(xml: str | bytes) -> tuple[str, dict[str, str]]:
-    """The first verb of a TwiML document and its attributes (``("Reject", {"reason": "busy"})``);
-    :class:`TwimlError` if it is not a ``<Response>`` with at least one verb."""
+def _response(xml: str | bytes) -> ET.Element:
+    """The ``<Response>`` root of a TwiML document; :class:`TwimlError` if it is not one."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise TwimlError(f"not XML: {exc}") from None
     if root.tag != "Response":
         raise TwimlError(f"root element must be <Response>, got <{root.tag}>")
-    for verb in root:
+    return root
+
+
+def first_verb(xml: str | bytes) -> tuple[str, dict[str, str]]:
+    """The first verb of a TwiML document and its attributes (``("Reject", {"reason": "busy"})``);
+    :class:`TwimlError` if it is not a ``<Response>`` with at least one verb."""
+    for verb in _response(xml):
         return verb.tag, dict(verb.attrib)
     raise TwimlError("an empty <Response>")
 
@@ -126,12 +131,7 @@ class StreamTwiml:
 def parse_stream_twiml(xml: str | bytes) -> StreamTwiml:
     """Read the ``<Connect><Stream>`` of a TwiML document; :class:`TwimlError` if there is none or it is
     invalid (a ``<Start><Stream>`` is unidirectional: the bot would never be heard)."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise TwimlError(f"not XML: {exc}") from None
-    if root.tag != "Response":
-        raise TwimlError(f"root element must be <Response>, got <{root.tag}>")
+    root = _response(xml)
     says: list[str] = []
     after: list[str] = []
     found: StreamTwiml | None = None

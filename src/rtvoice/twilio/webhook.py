@@ -15,8 +15,8 @@ import re
 from typing import Any
 from urllib.parse import parse_qs
 
-from rtvoice import metrics
 from rtvoice.call.admission import Verdict
+from rtvoice.call.registry import refusal
 from rtvoice.config import Settings
 from rtvoice.server.api import App, Request, Response
 from rtvoice.twilio import signature
@@ -154,11 +154,8 @@ class WebhookHandlers:
         it: ``<Reject reason="busy"/>`` for an incoming call (not answered, not billed, the caller hears a
         busy tone), ``<Hangup/>`` for an outbound one (Twilio fetched this URL because the callee answered,
         and ``<Reject>`` only applies to unanswered incoming calls)."""
-        admit = getattr(self.registry, "admit", None)
-        if admit is None:
-            return None
-        verdict = admit()
-        if verdict is Verdict.ADMIT:
+        verdict = refusal(self.registry)
+        if verdict is None:
             return None
         admission = getattr(self.registry, "admission", None)
         if verdict is Verdict.FULL:
@@ -179,7 +176,6 @@ class WebhookHandlers:
             why,
             extra={"call_sid": call_sid, "refusal": verdict.value},
         )
-        metrics.CALLS_REFUSED.labels(verdict.value).inc()
         return Response.xml(hangup_twiml() if outbound else reject_twiml("busy"))
 
     def _prepare(
