@@ -32,10 +32,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from xml.etree import ElementTree
 
 from aiohttp import ClientSession, ClientTimeout, web
 from twilio.request_validator import RequestValidator
+
+from rtvoice.twilio.twiml import TwimlError, response_root
 
 log = logging.getLogger("rtvoice.sim.twilio_rest")
 
@@ -173,11 +174,9 @@ async def webhook_dialer(ctx: DialContext) -> str:
         if resp.status // 100 != 2:
             raise RuntimeError(f"11200: webhook {call.url} answered HTTP {resp.status}")
     try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError as exc:
+        response_root(body)
+    except TwimlError as exc:
         raise RuntimeError(f"12100: webhook answer is not TwiML: {exc}") from None
-    if root.tag != "Response":
-        raise RuntimeError(f"12100: webhook answer's root element is <{root.tag}>, not <Response>")
     return body
 
 
@@ -530,8 +529,6 @@ def _check_url(url: str, code: int, name: str) -> None:
 
 def _check_twiml(twiml: str) -> None:
     try:
-        root = ElementTree.fromstring(twiml)
-    except ElementTree.ParseError as exc:
+        response_root(twiml)
+    except TwimlError as exc:
         raise TwilioRestError(400, 12100, f"Document parse failure: {exc}") from None
-    if root.tag != "Response":
-        raise TwilioRestError(400, 12100, f"Document parse failure: root <{root.tag}> is not <Response>")

@@ -23,6 +23,7 @@ __all__ = [
     "hangup_twiml",
     "parse_stream_twiml",
     "reject_twiml",
+    "response_root",
 ]
 
 #: Twilio's limit on one <Parameter>: name and value together must be *under* 500 characters.
@@ -96,7 +97,7 @@ def hangup_twiml() -> str:
     return str(response.to_xml(xml_declaration=True))
 
 
-def _response(xml: str | bytes) -> ET.Element:
+def response_root(xml: str | bytes) -> ET.Element:
     """The ``<Response>`` root of a TwiML document; :class:`TwimlError` if it is not one."""
     try:
         root = ET.fromstring(xml)
@@ -110,7 +111,7 @@ def _response(xml: str | bytes) -> ET.Element:
 def first_verb(xml: str | bytes) -> tuple[str, dict[str, str]]:
     """The first verb of a TwiML document and its attributes (``("Reject", {"reason": "busy"})``);
     :class:`TwimlError` if it is not a ``<Response>`` with at least one verb."""
-    for verb in _response(xml):
+    for verb in response_root(xml):
         return verb.tag, dict(verb.attrib)
     raise TwimlError("an empty <Response>")
 
@@ -131,7 +132,7 @@ class StreamTwiml:
 def parse_stream_twiml(xml: str | bytes) -> StreamTwiml:
     """Read the ``<Connect><Stream>`` of a TwiML document; :class:`TwimlError` if there is none or it is
     invalid (a ``<Start><Stream>`` is unidirectional: the bot would never be heard)."""
-    root = _response(xml)
+    root = response_root(xml)
     says: list[str] = []
     after: list[str] = []
     found: StreamTwiml | None = None
