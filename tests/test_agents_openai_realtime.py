@@ -241,6 +241,25 @@ async def test_server_added_latency(emu: OpenAIRealtimeEmulator) -> None:
               f"median {statistics.median(lat):.1f} min {min(lat):.1f} max {max(lat):.1f}")  # fmt: skip
 
 
+async def test_vendor_message_processing_is_reported_to_a_tap(emu: OpenAIRealtimeEmulator) -> None:
+    """``metrics.VENDOR_MESSAGES``: with a tap set (the load probe's), every vendor message the link handles
+    reports its processing time, the audio deltas that become the caller's bot audio included."""
+    from rtvoice import metrics
+
+    times: list[int] = []
+    old = metrics.VENDOR_MESSAGES.tap
+    metrics.VENDOR_MESSAGES.tap = times.append
+    try:
+        async with started(make_settings(emu)) as (agent, sink):
+            await speak(agent, speech_ulaw("hello there"))
+            await wait_until(lambda: bool(sink.of("bot_audio_done")))
+            deltas = len([e for e in emu.sessions[-1].sent if e["type"] == "response.output_audio.delta"])
+    finally:
+        metrics.VENDOR_MESSAGES.tap = old
+    assert deltas > 0 and len(times) >= deltas  # every message handled, deltas included
+    assert all(t > 0 for t in times)
+
+
 async def test_pcm24_path_through_the_compiled_resampler(emu: OpenAIRealtimeEmulator) -> None:
     from rtvoice.audio import Resampler, ulaw_encode
 

@@ -48,15 +48,16 @@ def test_register_publishes_the_probe() -> None:
 
     from rtvoice import metrics
 
-    old_tap = metrics.FRAME_STATS.tap
+    old_tap, old_vendor_tap = metrics.FRAME_STATS.tap, metrics.VENDOR_MESSAGES.tap
     try:
         probe = loadprobe.register(App())
         assert loadprobe.PROBE is probe
         assert metrics.FRAME_STATS.tap == probe._on_frame
+        assert metrics.VENDOR_MESSAGES.tap == probe._on_vendor_message
         probe.watch_gc()  # a second call installs nothing more
         assert gc.callbacks.count(probe._on_gc) == 1
     finally:
-        metrics.FRAME_STATS.tap = old_tap
+        metrics.FRAME_STATS.tap, metrics.VENDOR_MESSAGES.tap = old_tap, old_vendor_tap
         if loadprobe.PROBE is not None:
             loadprobe.PROBE.unwatch_gc()
         loadprobe.PROBE = None
@@ -84,3 +85,13 @@ def test_gc_pauses_by_generation_and_late_samples_they_explain() -> None:
     snap = p.snapshot(reset=True)
     assert snap["late_samples"] == 2 and snap["late_samples_gc"] == 1 and snap["gc_by_gen"][2][0] == 1
     assert p.late_samples == 0 and p.gc_by_gen == [[0, 0, 0]] * 3
+
+
+def test_vendor_messages_are_recorded_and_reset() -> None:
+    p = LoadProbe()
+    p._on_vendor_message(120_000)
+    p._on_vendor_message(15_000)
+    snap = p.snapshot(reset=True)
+    assert snap["vendor"]["count"] == 2 and snap["vendor"]["max_ns"] == 120_000
+    assert snap["vendor"]["buckets"] == {"1": 1, "12": 1}
+    assert p.vendor.count == 0

@@ -237,6 +237,21 @@ class FrameStats:
 FRAME_STATS = FrameStats()
 
 
+class ProcessingTap:
+    """Where the processing time of each vendor message (ns: from its bytes reaching the vendor link to the
+    end of its handling, the first Twilio frame of new bot audio written included) is reported, when anyone
+    listens: the load benchmark's probe (:mod:`rtvoice.server.loadprobe`) sets :attr:`tap`; otherwise it is
+    None and the links do not even read the clock."""
+
+    __slots__ = ("tap",)
+
+    def __init__(self) -> None:
+        self.tap: Callable[[int], None] | None = None
+
+
+VENDOR_MESSAGES = ProcessingTap()
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text of all metrics (summed over workers in multiprocess mode) and its content type."""
     FRAME_STATS.flush()

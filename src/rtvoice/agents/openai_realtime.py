@@ -42,10 +42,12 @@ from binascii import b2a_base64
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter_ns as _perf_ns
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from websockets.protocol import State as _WsState
 
+from rtvoice import metrics
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.ticker import ticker_for
 from rtvoice.agents.vendor_common import (
@@ -800,6 +802,8 @@ class RealtimeLink:
                 if not await self._handle_drop(exc):
                     return
                 continue
+            tap = metrics.VENDOR_MESSAGES.tap
+            t0 = _perf_ns() if tap is not None else 0
             try:
                 ev = json.loads(raw)
             except ValueError:
@@ -816,6 +820,8 @@ class RealtimeLink:
                 log.warning("openai event %s not handled: %r", ev.get("type"), exc)
             if core.outbox:
                 self._wake.set()
+            if tap is not None:
+                tap(_perf_ns() - t0)
 
     async def _handle_drop(self, exc: BaseException) -> bool:
         """The socket closed under us: report, reconnect with context; returns True when a new session is

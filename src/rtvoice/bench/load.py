@@ -571,6 +571,10 @@ class Row:
     us_per_frame: float = 0.0
     #: Calls the server refused (admission control, ``--max-calls`` / ``--overload-lag-ms``).
     refused: int = 0
+    #: The vendor -> Twilio direction: p99 / max of wait + vendor-message processing (ms), messages measured.
+    out_p99_ms: float = 0.0
+    out_max_ms: float = 0.0
+    vendor_msgs: int = 0
     #: Collections in the window per generation (young, middle, old).
     gc_counts: tuple[int, int, int] = (0, 0, 0)
     #: Loop-lag samples over 5 ms in the window, and the share of them a GC pause overlapped (%).
@@ -838,6 +842,20 @@ def _latency(snapshot: dict[str, Any]) -> tuple[float, float, float, float, floa
     return p50, p99, mx, lp.percentile_us(lag, 0.99) / 1000, lp.percentile_us(proc, 0.99) / 1000
 
 
+def _latency_out(snapshot: dict[str, Any]) -> tuple[float, float, int]:
+    """The vendor -> Twilio direction: p99 and max (ms) of wait + vendor-message processing, and how many
+    vendor messages were measured (0 in echo mode: no vendor; then p99 and max are 0)."""
+    from rtvoice.server import loadprobe as lp
+
+    vendor = snapshot.get("vendor") or {"buckets": {}, "max_ns": 0, "count": 0}
+    if not vendor["count"]:
+        return 0.0, 0.0, 0
+    lag = {int(k): v for k, v in snapshot["loop_lag"]["buckets"].items()}
+    dist = lp.convolve(lag, {int(k): v for k, v in vendor["buckets"].items()})
+    mx = (snapshot["loop_lag"]["max_ns"] + vendor["max_ns"]) / 1e6
+    return lp.quantile_us(dist, 0.99) / 1000, mx, int(vendor["count"])
+
+
 class Scenario:
     """One mode: a server (and emulator) started once, then the ramp."""
 
@@ -981,6 +999,7 @@ class Scenario:
         late = int(after["frames_late_total"] - before["frames_late_total"])
         lost = sum(int(w["lost"]) for w in windows) + (n_calls - connected - refused)
         p50, p99, mx, wait99, proc99 = _latency(snap)
+        out99, out_mx, vendor_msgs = _latency_out(snap)
         wall = t1 - t0
         gen_lag = max((float(w["lag_p99_ms"]) for w in windows), default=0.0)
         row = Row(
@@ -1011,11 +1030,17 @@ class Scenario:
             passed=False,
             us_per_frame=round(1e6 * (cpu1 - cpu0) / max(1, sum(int(w["frames_sent"]) for w in windows)), 1),
             refused=refused,
+            out_p99_ms=round(out99, 3),
+            out_max_ms=round(out_mx, 3),
+            vendor_msgs=vendor_msgs,
             gc_counts=tuple(int(g[0]) for g in snap.get("gc_by_gen", [[0], [0], [0]])),  # type: ignore[arg-type]
             late_samples=int(snap.get("late_samples", 0)),
             late_gc_pct=round(100 * int(snap.get("late_samples_gc", 0)) / max(1, int(snap.get("late_samples", 0))), 0),
         )
-        ok_server = row.p99_ms <= args.budget_ms and row.dropped == 0 and row.lost == 0 and row.late == 0
+        ok_server = (
+            row.p99_ms <= args.budget_ms and row.out_p99_ms <= args.budget_ms
+            and row.dropped == 0 and row.lost == 0 and row.late == 0
+        )
         # A failed step is blamed on whichever process could not keep up: the generator when its own sends
         # ran a frame period late, the vendor emulator when it used its whole core, else the server. A step
         # that passes while the generator lagged still counts: a late generator only makes the input burstier.
@@ -1065,17 +1090,19 @@ def profile_top(path: Path, n: int = 15) -> str:
 
 def format_table(rows: list[Row]) -> str:
     head = (
-        "| mode | calls | refused | p50 ms | p99 ms | max ms | wait p99 | proc p99 | dropped | late | lost "
+        "| mode | calls | refused | p50 ms | p99 ms | max ms | wait p99 | proc p99 | out p99 ms | out max ms "
+        "| dropped | late | lost "
         "| server CPU % | RSS MB | RSS/call KB | vendor CPU % | gen CPU % | gen lag p99 ms "
         "| GC max ms (collections g0/g1/g2) | late samples (GC %) | run-queue wait % | pass | CPU µs/frame "
         "| socket floor µs/frame | floor share |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         "---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n"
     )
     lines = [
         f"| {r.mode} | {r.calls} | {r.refused} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.max_ms:.1f} "
         f"| {r.wait_p99_ms:.2f} "
-        f"| {r.proc_p99_ms:.2f} | {r.dropped} | {r.late} | {r.lost} | {r.cpu_pct:.0f} | {r.rss_mb:.0f} "
+        f"| {r.proc_p99_ms:.2f} | {_out_cell(r.out_p99_ms, r)} | {_out_cell(r.out_max_ms, r)} "
+        f"| {r.dropped} | {r.late} | {r.lost} | {r.cpu_pct:.0f} | {r.rss_mb:.0f} "
         f"| {r.rss_per_call_kb:.0f} | {r.vendor_cpu_pct:.0f} | {r.gen_cpu_pct:.0f} | {r.gen_lag_p99_ms:.1f} "
         f"| {r.gc_max_ms:.1f} ({'/'.join(map(str, r.gc_counts))}) | {r.late_samples} ({r.late_gc_pct:.0f} %) "
         f"| {r.runq_pct:.1f} "
@@ -1084,6 +1111,10 @@ def format_table(rows: list[Row]) -> str:
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
+
+
+def _out_cell(value: float, r: Row) -> str:
+    return f"{value:.2f}" if r.vendor_msgs else "-"
 
 
 def _floor_cell(r: Row) -> str:
@@ -1139,6 +1170,9 @@ def plot(rows: list[Row], path: Path) -> None:
         (line,) = ax1.plot(xs, [r.p99_ms for r in rs], "o-", label=f"{mode} p99")
         ax1.plot(xs, [r.p50_ms for r in rs], "s--", color=line.get_color(), alpha=0.6, label=f"{mode} p50")
         ax1.plot(xs, [r.max_ms for r in rs], ":", color=line.get_color(), alpha=0.4, label=f"{mode} max")
+        if any(r.vendor_msgs for r in rs):  # the vendor -> Twilio direction
+            ax1.plot(xs, [r.out_p99_ms for r in rs], "^-.", color=line.get_color(), alpha=0.7,
+                     label=f"{mode} p99 vendor->Twilio")
         ax2.plot(xs, [r.cpu_pct for r in rs], "o-", color=line.get_color(), label=f"{mode} server")
     ax1.axhline(5.0, color="red", lw=0.8, label="5 ms budget")
     ax1.set_yscale("log")

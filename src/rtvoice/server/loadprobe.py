@@ -19,6 +19,11 @@ few hundred nanoseconds per sample and no allocation:
   ``rtvoice_frame_processing_seconds`` (``on_text`` of a ``media`` message, the agent's ``send_audio``
   included). The probe taps ``metrics.FRAME_STATS`` to keep a finer copy (10 µs buckets).
 
+- **vendor processing** (``vendor``): the other direction, vendor audio -> Twilio frame out: the time the
+  OpenAI Realtime link spends on each vendor message from its bytes to the end of its handling (JSON,
+  base64, the conversion to 8 kHz μ-law, the pacer writing the first Twilio frame of new audio), through
+  ``metrics.VENDOR_MESSAGES``. The pacer's designed 20 ms pacing of the rest is not server-added latency.
+
 The reported server-added latency is the distribution of wait + processing, assuming the two independent
 (convolution of the two histograms); its max is the sum of the maxima.
 
@@ -135,6 +140,8 @@ class LoadProbe:
     def __init__(self) -> None:
         self.loop_lag = Histogram()
         self.frame = Histogram()
+        #: Processing of each vendor message (``metrics.VENDOR_MESSAGES``): the vendor -> Twilio direction.
+        self.vendor = Histogram()
         self.gc_pause = Histogram()
         self.gc_gen2 = 0
         #: Per generation: [collections, total pause ns, max pause ns].
@@ -185,13 +192,18 @@ class LoadProbe:
 
     def tap_metrics(self) -> None:
         """Record every per-frame processing time (``metrics.FRAME_STATS``, the source of
-        ``rtvoice_frame_processing_seconds``) into :attr:`frame` as well."""
+        ``rtvoice_frame_processing_seconds``) into :attr:`frame` as well, and every vendor message's
+        (``metrics.VENDOR_MESSAGES``) into :attr:`vendor`."""
         from rtvoice import metrics
 
         metrics.FRAME_STATS.tap = self._on_frame
+        metrics.VENDOR_MESSAGES.tap = self._on_vendor_message
 
     def _on_frame(self, processing_ns: int) -> None:
         self.frame.record(processing_ns)
+
+    def _on_vendor_message(self, processing_ns: int) -> None:
+        self.vendor.record(processing_ns)
 
     def start(self) -> None:
         """Arm the loop-lag timer on the running loop (idempotent)."""
@@ -233,6 +245,7 @@ class LoadProbe:
             "pid": os.getpid(),
             "loop_lag": self.loop_lag.to_json(),
             "frame": self.frame.to_json(),
+            "vendor": self.vendor.to_json(),
             "gc_pause": self.gc_pause.to_json(),
             "gc_gen2": self.gc_gen2,
             "gc_by_gen": [list(g) for g in self.gc_by_gen],
@@ -242,6 +255,7 @@ class LoadProbe:
         if reset:
             self.loop_lag.reset()
             self.frame.reset()
+            self.vendor.reset()
             self.gc_pause.reset()
             self.gc_gen2 = 0
             self.gc_by_gen = [[0, 0, 0] for _ in range(3)]
