@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from rtvoice.config import Settings
 from rtvoice.server.api import App, Request, Response, WebSocket, WebSocketHandler
 from rtvoice.server.http import RunningServer, start_server
 from rtvoice.server.limits import ServerLimits
 
+R = TypeVar("R", bound="Recorder")
 TIMEOUT = 10.0  # generous: the machine is shared
 
 
@@ -99,9 +100,9 @@ class Recorder:
         self.closed.set()
 
 
-def recorder_app(handlers: list[Recorder]) -> App:
-    """An app with ``GET /ok``, ``POST /echo``, ``GET /fail`` (raises), ``WS /ws`` (a :class:`Recorder` each)
-    and ``WS /refuse`` (403)."""
+def recorder_app(handlers: list[R], handler: Callable[[WebSocket], R] = Recorder) -> App:  # type: ignore[assignment]
+    """An app with ``GET /ok``, ``POST /echo``, ``GET /fail`` (raises), ``WS /ws`` (a :class:`Recorder`, or
+    ``handler(ws)``, each, appended to ``handlers``) and ``WS /refuse`` (403)."""
     app = App()
 
     async def ok(request: Request) -> Response:
@@ -115,9 +116,9 @@ def recorder_app(handlers: list[Recorder]) -> App:
 
     async def accept(request: Request) -> Callable[[WebSocket], WebSocketHandler]:
         def factory(ws: WebSocket) -> WebSocketHandler:
-            handler = Recorder(ws)
-            handlers.append(handler)
-            return handler
+            h = handler(ws)
+            handlers.append(h)
+            return h
 
         return factory
 

@@ -10,7 +10,6 @@ audio, bit-exact, even though the kernel reuses one buffer: also for the frames 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 import websockets
@@ -22,9 +21,9 @@ from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.audio import ulaw_decode
 from rtvoice.call.session import MediaStreamHandler
 from rtvoice.config import Settings
-from rtvoice.server.api import App, Request, WebSocket, WebSocketHandler
+from rtvoice.server.api import WebSocket
 from rtvoice.sim.twilio import CallScript, SimulatedTwilio
-from server_testutil import TIMEOUT, Recorder
+from server_testutil import TIMEOUT, Recorder, recorder_app
 from server_testutil import serving as serving_app
 from test_server_websocket import _upgrade_request
 
@@ -49,24 +48,9 @@ class BytesRecorder(Recorder):
         return True
 
 
-def bytes_app(handlers: list[BytesRecorder]) -> App:
-    app = App()
-
-    async def accept(request: Request) -> Callable[[WebSocket], WebSocketHandler]:
-        def factory(ws: WebSocket) -> WebSocketHandler:
-            handler = BytesRecorder(ws)
-            handlers.append(handler)
-            return handler
-
-        return factory
-
-    app.websocket("/ws", accept)
-    return app
-
-
 async def test_raw_bytes_hook_first_then_strict_text() -> None:
     handlers: list[BytesRecorder] = []
-    async with serving_app(bytes_app(handlers)) as srv:
+    async with serving_app(recorder_app(handlers, BytesRecorder)) as srv:
         async with websockets.connect(f"ws://127.0.0.1:{srv.port}/ws") as ws:
             await ws.send(b"fast:1", text=True)
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "took fast:1"
@@ -80,7 +64,7 @@ async def test_raw_bytes_hook_first_then_strict_text() -> None:
 @pytest.mark.parametrize("payload", [b"\xff\xfe", b"fast-not:\xc3(", b'{"event":"media"\x80}'])
 async def test_invalid_utf8_still_closes_1007_with_the_bytes_hook(payload: bytes) -> None:
     handlers: list[BytesRecorder] = []
-    async with serving_app(bytes_app(handlers)) as srv:
+    async with serving_app(recorder_app(handlers, BytesRecorder)) as srv:
         reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
         frame = Frame(Opcode.TEXT, payload).serialize(mask=True, extensions=[])
         writer.write(_upgrade_request() + frame)
@@ -94,7 +78,7 @@ async def test_invalid_utf8_still_closes_1007_with_the_bytes_hook(payload: bytes
 
 async def test_bytes_hook_raising_closes_1011() -> None:
     handlers: list[BytesRecorder] = []
-    async with serving_app(bytes_app(handlers)) as srv:
+    async with serving_app(recorder_app(handlers, BytesRecorder)) as srv:
         ws = await websockets.connect(f"ws://127.0.0.1:{srv.port}/ws")
         await ws.send(b"fast:boom", text=True)
         with pytest.raises(websockets.ConnectionClosed) as info:

@@ -100,6 +100,16 @@ async def test_invalid_utf8_closes_1007() -> None:
         assert handlers[0].texts == []
 
 
+async def _open_upgraded(port: int, path: str = "/ws") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw TCP connection to the server on ``port``, upgraded to a WebSocket on ``path`` (101 checked): for
+    tests that write client frames byte by byte and read the server's frames raw."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_upgrade_request(path))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
 def _upgrade_request(path: str = "/ws", key: bool = True) -> bytes:
     lines = [
         f"GET {path} HTTP/1.1",

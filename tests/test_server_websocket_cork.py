@@ -3,15 +3,14 @@ reaction to the bytes of one ``data_received`` leave in one transport write, in 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from websockets.frames import Opcode
 
 from rtvoice.server.api import App, Request, WebSocket
 from rtvoice.server.websocket import WebSocketConnection
-from server_testutil import TIMEOUT, read_to_eof, serving
-from test_server_websocket import _client_frame, _upgrade_request
+from server_testutil import read_to_eof, serving
+from test_server_websocket import _client_frame, _open_upgraded
 
 
 class CountingTransport:
@@ -62,10 +61,7 @@ async def test_one_write_per_read_in_order_and_close_after_the_corked_frames() -
 
     app.websocket("/ws", accept)
     async with serving(app) as srv:
-        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-        writer.write(_upgrade_request())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-        assert head.startswith(b"HTTP/1.1 101")
+        reader, writer = await _open_upgraded(srv.port)
         writer.write(b"".join(_client_frame(Opcode.TEXT, m) for m in (b"a", b"b", b"bye")))
         data = await read_to_eof(reader)
         writer.close()

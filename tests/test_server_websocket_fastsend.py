@@ -19,8 +19,8 @@ from websockets.frames import Frame, Opcode
 from rtvoice.server import websocket as ws_module
 from rtvoice.server.api import App, Request, WebSocket
 from rtvoice.server.clientframes import server_text_frame
-from server_testutil import TIMEOUT, read_to_eof, serving
-from test_server_websocket import _client_frame, _upgrade_request
+from server_testutil import read_to_eof, serving
+from test_server_websocket import _client_frame, _open_upgraded
 
 _BOUNDARY_SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
 
@@ -78,10 +78,7 @@ async def _session(monkeypatch: pytest.MonkeyPatch, fast: bool) -> bytes:
 
     app.websocket("/ws", accept)
     async with serving(app) as srv:
-        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-        writer.write(_upgrade_request())
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-        assert head.startswith(b"HTTP/1.1 101")
+        reader, writer = await _open_upgraded(srv.port)
         msgs = [_client_frame(Opcode.TEXT, f"size:{n}".encode()) for n in _BOUNDARY_SIZES]
         msgs.insert(3, _client_frame(Opcode.PING, b"p"))  # its pong is written between two texts
         msgs += [_client_frame(Opcode.TEXT, b"uni"), _client_frame(Opcode.TEXT, b"later")]
