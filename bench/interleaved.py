@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 def media_messages(n: int) -> list[str]:
@@ -32,6 +33,40 @@ def per_item(fn: Callable[[T], object], items: Sequence[T]) -> float:
     return (time.perf_counter() - t0) / len(items)
 
 
+def per_call(fn: Callable[[], object], calls: int) -> float:
+    """Seconds per call of the zero-argument ``fn`` over ``calls`` calls (one pass)."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
+
+
+def _interleaved(
+    make_cases: Callable[[], dict[str, C]],
+    measure: Callable[[C], float],
+    *,
+    rounds: int,
+    attempts: int,
+    good: Callable[[dict[str, float]], bool],
+) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for _attempt in range(attempts):
+        cases = make_cases()
+        for name in cases:
+            best.setdefault(name, float("inf"))
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(rounds):
+                for name, fn in cases.items():
+                    best[name] = min(best[name], measure(fn))
+        finally:
+            gc.enable()
+        if good(best):
+            break
+    return best
+
+
 def best_per_item(
     cases: dict[str, Callable[[T], object]],
     items: Sequence[T],
@@ -44,16 +79,19 @@ def best_per_item(
     sets of rounds until ``good(best)`` holds (a shared CI machine can be busy for a whole measurement). The
     collector is kept out of the timed loops: it runs at points that depend on allocation counts, which differ
     between the cases, so the ratio would compare where a collection landed rather than the code."""
-    best = dict.fromkeys(cases, float("inf"))
-    for _attempt in range(attempts):
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(rounds):
-                for name, fn in cases.items():
-                    best[name] = min(best[name], per_item(fn, items))
-        finally:
-            gc.enable()
-        if good(best):
-            break
-    return best
+    return _interleaved(
+        lambda: cases, lambda fn: per_item(fn, items), rounds=rounds, attempts=attempts, good=good
+    )
+
+
+def best_per_call(
+    make_cases: Callable[[], dict[str, Callable[[], object]]],
+    calls: int,
+    *,
+    rounds: int,
+    attempts: int,
+    good: Callable[[dict[str, float]], bool],
+) -> dict[str, float]:
+    """:func:`best_per_item` for zero-argument cases, each timed over ``calls`` calls per round.
+    ``make_cases`` is called again for every attempt, so that stateful cases (a call's ticks) start over."""
+    return _interleaved(make_cases, lambda fn: per_call(fn, calls), rounds=rounds, attempts=attempts, good=good)
