@@ -241,6 +241,26 @@ async def test_server_added_latency(emu: OpenAIRealtimeEmulator) -> None:
               f"median {statistics.median(lat):.1f} min {min(lat):.1f} max {max(lat):.1f}")  # fmt: skip
 
 
+async def test_close_during_the_early_connect_leaves_nothing_running(emu: OpenAIRealtimeEmulator) -> None:
+    """The caller hangs up while the webhook-time ``prepare`` is still opening the session: the connection that
+    completes after ``close()`` is closed at once; no tasks, no watchdog subscription, no socket outlive it."""
+    import asyncio
+
+    from rtvoice.agents.ticker import ticker_for
+
+    agent = OpenAIRealtimeAgent(make_settings(emu))
+    before = len(ticker_for())
+    prepare = asyncio.create_task(agent.prepare())
+    await asyncio.sleep(0)  # the handshake is under way
+    await agent.close()
+    await prepare
+    link = agent.link
+    assert link._conn is None and not link.connected
+    assert link._tasks.receiver is None and link._tasks.sender is None
+    assert len(ticker_for()) == before
+    await wait_until(lambda: all(s.closed.is_set() for s in emu.sessions))  # the emulator saw it close
+
+
 async def test_vendor_message_processing_is_reported_to_a_tap(emu: OpenAIRealtimeEmulator) -> None:
     """``metrics.VENDOR_MESSAGES``: with a tap set (the load probe's), every vendor message the link handles
     reports its processing time, the audio deltas that become the caller's bot audio included."""

@@ -304,6 +304,12 @@ class ElevenLabsAgent(Agent):
             except Exception as exc:
                 self._connect_error = f"{type(exc).__name__}: {exc}"
                 return False
+            if self._closing:  # closed while the handshake was in flight: nothing may outlive close()
+                ws, self._ws = self._ws, None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 2.0)
+                self._connect_error = "closed while connecting"
+                return False
             return True
 
     async def prepare(self) -> None:

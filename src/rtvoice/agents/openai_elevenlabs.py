@@ -336,6 +336,12 @@ class OpenAIElevenLabsAgent(Agent):
             except Exception as exc:
                 self._tts_error = f"{type(exc).__name__}: {exc}"
                 return False
+            if self._closing:  # closed while the handshake was in flight: nothing may outlive close()
+                ws, self._ws = self._ws, None
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 2.0)
+                self._tts_error = "closed while connecting"
+                return False
             if self._started:
                 self._tasks.append(asyncio.create_task(self._tts_receive(self._ws), name="tts-recv"))
             return True

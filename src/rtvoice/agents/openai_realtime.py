@@ -41,7 +41,7 @@ import os
 from binascii import b2a_base64
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter_ns as _perf_ns
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -579,7 +579,6 @@ class RealtimeCore:
 class _Tasks:
     receiver: asyncio.Task[None] | None = None
     sender: asyncio.Task[None] | None = None
-    all: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class RealtimeLink:
@@ -648,6 +647,11 @@ class RealtimeLink:
                 if report:
                     msg = f"OpenAI Realtime connect failed: {type(exc).__name__}: {exc}"
                     self.core.fault("connect", msg, True)
+                return False
+            if self._closing:
+                # closed while the handshake was in flight (the caller hung up during an early ``prepare``):
+                # nothing may outlive ``close()``: no tasks, no watchdog, no open socket
+                await self._close_conn()
                 return False
             self.core.queue_session_update()
             self._start_tasks()
@@ -862,6 +866,9 @@ class RealtimeLink:
         ticker_for().remove(self._watchdog)
         await cancel_all(t for t in (tasks.receiver, tasks.sender) if t is not None)
         self._tasks = _Tasks()
+        await self._close_conn()
+
+    async def _close_conn(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._conn.close(), 2.0)
