@@ -82,3 +82,16 @@ def test_period_must_be_positive() -> None:
             Ticker(loop, 0.0)
     finally:
         loop.close()
+
+
+def test_a_closed_loop_and_its_ticker_are_freed() -> None:
+    import gc
+    import weakref
+
+    loop = asyncio.new_event_loop()
+    ticker = weakref.ref(ticker_for(loop))
+    loop_ref = weakref.ref(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    assert loop_ref() is None and ticker() is None

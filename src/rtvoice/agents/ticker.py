@@ -31,7 +31,9 @@ class Ticker:
     def __init__(self, loop: asyncio.AbstractEventLoop, period_s: float = WATCHDOG_PERIOD_S) -> None:
         if not period_s > 0:
             raise ValueError(f"period_s must be > 0, got {period_s}")
-        self._loop = loop
+        # weakly: the per-loop table (``ticker_for``) is keyed by the loop, and a strong reference from its
+        # value would keep every loop that ever had a ticker (one per test, say) alive for good
+        self._loop = weakref.ref(loop)
         self.period_s = period_s
         # insertion-ordered set of callbacks (a bound method is equal to, and hashes like, itself)
         self._subs: dict[Callable[[float], None], None] = {}
@@ -44,7 +46,7 @@ class Ticker:
         """Subscribe ``fn`` (idempotent); the timer starts with the first subscriber."""
         self._subs[fn] = None
         if self._handle is None:
-            self._handle = self._loop.call_later(self.period_s, self._tick)
+            self._arm()
 
     def remove(self, fn: Callable[[float], None]) -> None:
         """Unsubscribe ``fn`` (no error if it was not subscribed); the timer stops with the last one."""
@@ -53,9 +55,17 @@ class Ticker:
             self._handle.cancel()
             self._handle = None
 
+    def _arm(self) -> None:
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            self._handle = loop.call_later(self.period_s, self._tick)
+
     def _tick(self) -> None:
         self._handle = None
-        now = self._loop.time()
+        loop = self._loop()
+        if loop is None:
+            return
+        now = loop.time()
         for fn in list(self._subs):  # a callback may unsubscribe itself or others
             if fn not in self._subs:
                 continue
@@ -64,7 +74,7 @@ class Ticker:
             except Exception:  # one link's bug must not stop every other call's watchdog
                 log.exception("watchdog callback %r raised", fn)
         if self._subs and self._handle is None:
-            self._handle = self._loop.call_later(self.period_s, self._tick)
+            self._arm()
 
 
 _TICKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ticker] = weakref.WeakKeyDictionary()
