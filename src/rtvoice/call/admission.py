@@ -5,8 +5,9 @@ so a few hundred calls fill a core). Past that point nothing fails loudly: the e
 behind, and *every* call on the worker hears late, choppy audio and late barge-ins. The only place to refuse
 a call cleanly is before it is answered: the ``/incoming-call`` webhook answers ``<Reject reason="busy"/>``
 (the caller hears a busy tone, Twilio does not bill the call, the call ends with status ``busy``) and
-``POST /calls`` answers 503 before dialling. A media stream that arrives anyway (its webhook was answered by
-another worker) is always taken: hanging up an answered call is worse than a busy worker.
+``POST /calls`` answers 503 before dialling (a call it placed counts while it rings). An outbound call's
+answer webhook, and a media stream that arrives anyway (its webhook was answered by another worker), are
+always taken: hanging up an answered call is worse than a busy worker.
 
 Two independent limits, both per worker process (one worker per core, ``--workers``):
 
@@ -20,7 +21,7 @@ Two independent limits, both per worker process (one worker per core, ``--worker
   average: it is the sustained lag that refuses calls.
 
 :class:`Admission` is sans-I/O: the server's loop-lag timer (:mod:`rtvoice.server.looplag`) feeds it samples
-and the webhook asks it; tests drive both with plain numbers.
+and the call registry asks it (``CallRegistry.accepting``); tests drive both with plain numbers.
 """
 
 from __future__ import annotations
@@ -79,20 +80,18 @@ class Admission:
     while the average loop lag is above it; 0 switches the overload check off.
     """
 
-    __slots__ = ("_lag", "lag_limit_s", "max_calls", "overloaded", "refused")
+    __slots__ = ("_lag", "lag_limit_s", "max_calls", "overloaded")
 
-    def __init__(self, max_calls: int = 0, lag_limit_s: float = 0.0, lag_average: LagAverage | None = None) -> None:
+    def __init__(self, max_calls: int = 0, lag_limit_s: float = 0.0) -> None:
         if max_calls < 0:
             raise ValueError(f"max_calls must be >= 0 (0: no limit), got {max_calls}")
         if not lag_limit_s >= 0:
             raise ValueError(f"lag_limit_s must be >= 0 (0: off), got {lag_limit_s}")
         self.max_calls = max_calls
         self.lag_limit_s = lag_limit_s
-        self._lag = lag_average if lag_average is not None else LagAverage()
+        self._lag = LagAverage()
         #: True from when the average lag rose above the limit until it fell below half of it.
         self.overloaded = False
-        #: Calls refused so far, by verdict.
-        self.refused: dict[Verdict, int] = {Verdict.FULL: 0, Verdict.OVERLOADED: 0}
 
     @property
     def lag_s(self) -> float:
@@ -111,17 +110,10 @@ class Admission:
             self.overloaded = True
 
     def verdict(self, active: int, pending: int = 0) -> Verdict:
-        """What :meth:`decide` would say now, without counting anything (for ``/healthz``)."""
+        """May one more call start? ``active``: streams in a call on this worker; ``pending``: calls answered
+        (or dialled) here whose stream has not started yet."""
         if self.overloaded:
             return Verdict.OVERLOADED
         if self.max_calls and active + pending >= self.max_calls:
             return Verdict.FULL
         return Verdict.ADMIT
-
-    def decide(self, active: int, pending: int = 0) -> Verdict:
-        """May one more call start? ``active``: streams in a call on this worker; ``pending``: calls answered
-        here whose stream has not started yet. A refusal is counted in :attr:`refused`."""
-        verdict = self.verdict(active, pending)
-        if verdict is not Verdict.ADMIT:
-            self.refused[verdict] += 1
-        return verdict

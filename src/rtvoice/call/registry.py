@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -35,17 +36,21 @@ log = logging.getLogger("rtvoice.call")
 
 #: How long a pre-opened agent waits for its stream before it is closed.
 PREPARED_TTL_S = 30.0
+#: How long a call placed through ``POST /calls`` counts as pending while it rings (Twilio's default ring
+#: timeout is 60 s); its answer webhook turns it into a prepared call.
+DIALLING_TTL_S = 75.0
 
 
-def refusal(registry: Any) -> Verdict | None:
-    """Whether a new call is refused by ``registry`` (anything with :meth:`CallRegistry.admit`; None or a
-    registry without admission takes every call): None when it is taken, else why not, counted in
-    ``rtvoice_calls_refused_total{reason}``. For the webhook and ``POST /calls``."""
-    admit = getattr(registry, "admit", None)
-    if admit is None:
-        return None
-    verdict: Verdict = admit()
-    if verdict is Verdict.ADMIT:
+def refusal(registry: Any, *, answered_outbound: bool = False) -> Verdict | None:
+    """Whether a new call is refused by ``registry`` (anything with :attr:`CallRegistry.accepting`; None or a
+    registry without one takes every call): None when it is taken, else why not, counted in
+    ``rtvoice_calls_refused_total{reason}``. For the webhook and ``POST /calls``.
+
+    ``answered_outbound``: the webhook of an outbound call, which Twilio requests once the callee has
+    answered. It was admitted when it was dialled (``POST /calls``); hanging up on someone who just picked up
+    is worse than a busy worker, so only a draining worker refuses it."""
+    verdict: Verdict = getattr(registry, "accepting", Verdict.ADMIT)
+    if verdict is Verdict.ADMIT or (answered_outbound and verdict is not Verdict.DRAINING):
         return None
     metrics.CALLS_REFUSED.labels(verdict.value).inc()
     return verdict
@@ -117,6 +122,7 @@ class CallRegistry:
         #: Shared by the webhook (issue) and the Media Stream session (verify).
         self.stream_tokens = StreamTokens.from_settings(settings)
         self._prepared: dict[str, _Prepared] = {}
+        self._dialling: dict[str, float] = {}  # CallSid -> monotonic deadline (calls placed, not answered yet)
         self._streams: dict[str, ActiveStream] = {}
         self._status: dict[str, CallStatus] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -140,17 +146,20 @@ class CallRegistry:
 
     @property
     def accepting(self) -> Verdict:
-        """What :meth:`admit` would say now, without counting a refusal (``/healthz``)."""
-        if self.closed:
-            return Verdict.DRAINING
-        return self.admission.verdict(len(self._streams), len(self._prepared))
-
-    def admit(self) -> Verdict:
         """May this worker take one more call now (:mod:`rtvoice.call.admission`)? Counts the streams in a
-        call plus the calls answered and not streaming yet."""
+        call, the calls answered and not streaming yet, and the calls placed here that still ring."""
         if self.closed:
             return Verdict.DRAINING
-        return self.admission.decide(len(self._streams), len(self._prepared))
+        if self._dialling:
+            now = time.monotonic()
+            for sid in [sid for sid, deadline in self._dialling.items() if deadline <= now]:
+                del self._dialling[sid]
+        return self.admission.verdict(len(self._streams), len(self._prepared) + len(self._dialling))
+
+    def dialled(self, call_sid: str, now: float | None = None) -> None:
+        """A call placed through ``POST /calls``: it counts against ``RTVOICE_MAX_CALLS`` while it rings (up to
+        ``DIALLING_TTL_S`` from ``now``, monotonic seconds), until its answer webhook prepares it."""
+        self._dialling[call_sid] = (time.monotonic() if now is None else now) + DIALLING_TTL_S
 
     # --- webhook time
     # -----------------------------------------------------------------------------------------
@@ -202,6 +211,7 @@ class CallRegistry:
         """
         if self.closed or not call_sid:
             return
+        self._dialling.pop(call_sid, None)  # answered: a prepared call from now on
         old = self._prepared.pop(call_sid, None)
         if old is not None:  # a repeated webhook for the same call: the newer one wins
             self._discard(call_sid, old)

@@ -223,8 +223,9 @@ class CallsEndpoint:
         return hmac.compare_digest(token.strip().encode(), self.settings.api_token.encode())
 
     def _refused(self) -> Response | None:
-        """503 with ``Retry-After`` when this worker would refuse the call's webhook anyway (full, overloaded or
-        draining: :mod:`rtvoice.call.admission`), before anything is dialled."""
+        """503 with ``Retry-After`` when this worker is full, overloaded or draining
+        (:mod:`rtvoice.call.admission`), before anything is dialled: once the callee answers, the call's
+        webhook no longer refuses it."""
         verdict = refusal(self.registry)
         if verdict is None:
             return None
@@ -265,6 +266,9 @@ class CallsEndpoint:
             if exc.code is not None:
                 body["twilio_code"] = exc.code
             return _json(502, body)
+        dialled = getattr(self.registry, "dialled", None)
+        if dialled is not None:  # it counts against the worker's capacity while it rings
+            dialled(sid)
         return _json(201, {"call_sid": sid, "to": req.to, "profile": req.profile, "status": "queued"})
 
 

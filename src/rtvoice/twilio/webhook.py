@@ -103,9 +103,9 @@ class WebhookHandlers:
         from_number = _first(fields, "From")
         to_number = _first(fields, "To")
         direction = _first(fields, "Direction") or "inbound"
-        refusal = self._admission_refusal(call_sid, direction)
-        if refusal is not None:
-            return refusal
+        refused = self._admission_refusal(call_sid, direction)
+        if refused is not None:
+            return refused
         # An outbound call's ?profile=&agent=&prompt= (set by place_call; covered by the signature).
         query = parse_qs(request.query, keep_blank_values=False) if request.query else {}
         requested = {k: _first(query, k) or None for k in ("profile", "agent", "prompt")}
@@ -152,9 +152,11 @@ class WebhookHandlers:
     def _admission_refusal(self, call_sid: str, direction: str) -> Response | None:
         """None when this worker takes the call (:mod:`rtvoice.call.admission`); else the TwiML that refuses
         it: ``<Reject reason="busy"/>`` for an incoming call (not answered, not billed, the caller hears a
-        busy tone), ``<Hangup/>`` for an outbound one (Twilio fetched this URL because the callee answered,
-        and ``<Reject>`` only applies to unanswered incoming calls)."""
-        verdict = refusal(self.registry)
+        busy tone). An outbound call's webhook comes once the callee has answered; it was admitted when it was
+        dialled, so only a draining worker refuses it, with ``<Hangup/>`` (``<Reject>`` only applies to
+        unanswered incoming calls)."""
+        outbound = direction.startswith("outbound")
+        verdict = refusal(self.registry, answered_outbound=outbound)
         if verdict is None:
             return None
         admission = getattr(self.registry, "admission", None)
@@ -168,7 +170,6 @@ class WebhookHandlers:
             )
         else:
             why = "shutting down"
-        outbound = direction.startswith("outbound")
         log.warning(
             "refused %s call %s: %s",
             "outbound" if outbound else "incoming",
