@@ -43,7 +43,6 @@ class EchoAgent(Agent):
         self.delay_frames = max(0, settings.echo_delay_ms // FRAME_MS)
         #: Own VAD, made only when the sink has none to share (see the module docstring).
         self.vad: VoiceActivity | None = None
-        self._call_vad: VoiceActivity | None = None
         self._speaking = False  # the call VAD's state at the previous frame
         self.sink: AgentSink | None = None
         self.info: CallInfo | None = None

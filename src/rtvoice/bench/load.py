@@ -561,7 +561,6 @@ class Row:
     gen_cpu_pct: float
     gen_lag_p99_ms: float
     gc_max_ms: float
-    gc_gen2: int
     runq_pct: float
     media_out: int
     marks: int
@@ -587,8 +586,12 @@ class Row:
     def failed(cls, mode: str, calls: int, limit: str) -> Row:
         """A step that could not be measured (e.g. the server stopped answering)."""
         inf = float("inf")
-        return cls(mode, calls, 0, inf, inf, inf, inf, inf, 0, -1, -1, -1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                   0, 0.0, 0, 0, limit, False)
+        return cls(
+            mode=mode, calls=calls, connected=0, p50_ms=inf, p99_ms=inf, max_ms=inf, wait_p99_ms=inf,
+            proc_p99_ms=inf, frames_sent=0, dropped=-1, late=-1, lost=-1, cpu_pct=0.0, rss_mb=0.0,
+            rss_per_call_kb=0.0, vendor_cpu_pct=0.0, gen_cpu_pct=0.0, gen_lag_p99_ms=0.0, gc_max_ms=0.0,
+            runq_pct=0.0, media_out=0, marks=0, limit=limit, passed=False,
+        )
 
 
 class _Proc:
@@ -1022,7 +1025,6 @@ class Scenario:
             gen_cpu_pct=round(100 * (gen_cpu1 - gen_cpu0) / wall, 1),
             gen_lag_p99_ms=round(gen_lag, 2),
             gc_max_ms=round(snap["gc_pause"]["max_ns"] / 1e6, 2),
-            gc_gen2=int(snap["gc_gen2"]),
             runq_pct=round(100 * (runq1 - runq0) / wall, 1),
             media_out=sum(int(w["media_received"]) for w in windows),
             marks=sum(int(w["marks_echoed"]) for w in windows),

@@ -859,11 +859,8 @@ class RealtimeSession:
 
     # ---- input audio buffer
 
-    async def _on_input_audio_buffer_append(
-        self, model: Any, raw: JSON, data: bytes | None = None
-    ) -> None:
-        if data is None:  # the validator hands the decoded audio over; this is for direct callers
-            data = base64.b64decode(raw["audio"])
+    async def _on_input_audio_buffer_append(self, model: Any, raw: JSON, data: bytes) -> None:
+        # ``data``: the append's audio, decoded once by the validator (which returns it for every append)
         self._buffer.extend(data)
         self._user_audio_ms += len(data) / bytes_per_ms(self.input_format)
         if self._vad is None:
