@@ -91,14 +91,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"rtvoice emulate: --agent-audio-format must be one of {', '.join(CONVAI_FORMATS)}")
         return 2
     try:
-        # uvloop as in the server: under the load benchmark the emulator shares a core with the load
-        # generators, and plain asyncio's selector loop cost it a third more CPU per message
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-            asyncio.run(_serve(args))
-        else:
-            uvloop.run(_serve(args))
+        # the server's loop: under the load benchmark the emulator shares a core with the load generators,
+        # and plain asyncio's selector loop cost it a third more CPU per message
+        from rtvoice.server.main import run_loop
+
+        run_loop(_serve(args))
     except OSError as exc:
         print(f"rtvoice emulate: cannot listen on {args.host}:{args.port}: {exc}")
         return 1
