@@ -112,6 +112,7 @@ EC_NEAR_END: int
 EC_REF_ACTIVE: int
 EC_LOCKED: int
 EC_ABOVE_BG: int
+EC_MAX_TAPS: int
 EG_UNPRIMED: int
 EG_MAX_SKIP: int
 

@@ -1209,6 +1209,7 @@ EC_NEAR_END = 1      # the double-talk detector says the caller is talking (or n
 EC_REF_ACTIVE = 2    # bot audio that can still echo was played within the delay window
 EC_LOCKED = 4        # the bulk-delay estimator has locked on the echo delay
 EC_ABOVE_BG = 16     # the residual is bg_ratio above the line's background (noise, babble)
+EC_MAX_TAPS = _EC_MAXTAPS  # the longest echo filter (taps) EchoCancellerCore takes
 
 
 cdef class EchoCancellerCore:
@@ -1782,30 +1783,25 @@ cdef class EchoCancellerCore:
         # is muted or suppressed, not that the echo path is gone; adapting on it unlearned the path)
         if mic_zero and not self.adapt_on_silence:
             pass
-        elif ref_active and self.since_dt > 2 and ex > n * 900.0 and fast:
-            if not (self.hzero and ed == 0.0):
-                # (zero taps and a silent mic: every step is g = 0, the taps stay exactly zero)
-                reg = <float>(L * (900.0 + 4.0 * self.noise / n))
-                norm = 0.0
-                for j in range(L):
-                    norm = norm + x[base0 + j] * x[base0 + j]
-                rtv_ec_nlms(h, x + base0, d, L, n, self.mu, reg, norm)
-                self.hzero = 0
-        elif ref_active and self.since_dt > 2 and ex > n * 900.0:
+        elif ref_active and self.since_dt > 2 and ex > n * 900.0 and not (fast and self.hzero and ed == 0.0):
+            # (the fast path skips zero taps on a silent mic: every step is g = 0, the taps stay exactly zero)
             self.hzero = 0
             reg = <float>(L * (900.0 + 4.0 * self.noise / n))
             norm = 0.0
             for j in range(L):
                 norm = norm + x[base0 + j] * x[base0 + j]
-            for i in range(n):
-                acc = rtv_ec_dot(h, x + base0 + i, L)
-                g = self.mu * (<float>d[i] - acc) / (norm + reg)
-                rtv_ec_axpy(g, x + base0 + i, h, L)
-                # slide the window energy by one sample
-                if i + 1 < n:
-                    norm = norm + x[base0 + i + L] * x[base0 + i + L] - x[base0 + i] * x[base0 + i]
-                    if norm < 0.0:
-                        norm = 0.0
+            if fast:
+                rtv_ec_nlms(h, x + base0, d, L, n, self.mu, reg, norm)
+            else:  # the per-sample reference loop (``fast = False``: the tests' bit-exact oracle)
+                for i in range(n):
+                    acc = rtv_ec_dot(h, x + base0 + i, L)
+                    g = self.mu * (<float>d[i] - acc) / (norm + reg)
+                    rtv_ec_axpy(g, x + base0 + i, h, L)
+                    # slide the window energy by one sample
+                    if i + 1 < n:
+                        norm = norm + x[base0 + i + L] * x[base0 + i + L] - x[base0 + i] * x[base0 + i]
+                        if norm < 0.0:
+                            norm = 0.0
 
         # 6. output: the residual when the caller talks; echo-only frames are brought down to the noise level
         # (and, if pass_hang > 0, for that many frames after double talk: the detector flickers on a caller over

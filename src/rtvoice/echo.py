@@ -68,8 +68,8 @@ LOCKED = _dsp.EC_LOCKED
 ABOVE_BG = _dsp.EC_ABOVE_BG
 #: EchoGateCore.frame: no bot audio sent yet (the frame was not processed)
 _UNPRIMED = _dsp.EG_UNPRIMED
-#: the compiled canceller's filter length limit (``_EC_MAXTAPS`` in _dsp.pyx, not exported)
-MAX_TAPS = 256
+#: the compiled canceller's filter length limit
+MAX_TAPS = _dsp.EC_MAX_TAPS
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> None:
