@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 from collections import deque
@@ -33,7 +32,15 @@ from urllib.parse import quote
 
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.ticker import ticker_for
-from rtvoice.agents.vendor_common import PCM_RATES, FromPcm8k, ToUlaw8k, b64decode, cancel_all, ws_base_url
+from rtvoice.agents.vendor_common import (
+    PCM_RATES,
+    FromPcm8k,
+    ToUlaw8k,
+    b64decode,
+    cancel_all,
+    close_quietly,
+    ws_base_url,
+)
 
 if TYPE_CHECKING:
     from rtvoice.config import Settings
@@ -306,8 +313,7 @@ class ElevenLabsAgent(Agent):
                 return False
             if self._closing:  # closed while the handshake was in flight: nothing may outlive close()
                 ws, self._ws = self._ws, None
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), 2.0)
+                await close_quietly(ws)
                 self._connect_error = "closed while connecting"
                 return False
             return True
@@ -419,9 +425,7 @@ class ElevenLabsAgent(Agent):
         ticker_for().remove(self._watchdog)
         await cancel_all(self._tasks)
         self._tasks = []
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2.0)
+        await close_quietly(self._ws)
         self._ws = None
 
 

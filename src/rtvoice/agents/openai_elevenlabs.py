@@ -36,7 +36,16 @@ from urllib.parse import quote, urlencode
 from rtvoice.agents.base import Agent, AgentSink, CallInfo, Heard
 from rtvoice.agents.openai_realtime import RealtimeCore, RealtimeLink, ToolRunner
 from rtvoice.agents.ticker import ticker_for
-from rtvoice.agents.vendor_common import Alignment, ToUlaw8k, Usage, WordChunker, b64decode, cancel_all, ws_base_url
+from rtvoice.agents.vendor_common import (
+    Alignment,
+    ToUlaw8k,
+    Usage,
+    WordChunker,
+    b64decode,
+    cancel_all,
+    close_quietly,
+    ws_base_url,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -338,8 +347,7 @@ class OpenAIElevenLabsAgent(Agent):
                 return False
             if self._closing:  # closed while the handshake was in flight: nothing may outlive close()
                 ws, self._ws = self._ws, None
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), 2.0)
+                await close_quietly(ws)
                 self._tts_error = "closed while connecting"
                 return False
             if self._started:
@@ -489,8 +497,7 @@ class OpenAIElevenLabsAgent(Agent):
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.send(json.dumps({"close_socket": True})), 1.0)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 2.0)
+            await close_quietly(self._ws)
         self._ws = None
         await self.tools.close()
         await self.link.close()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import os
@@ -57,6 +56,7 @@ from rtvoice.agents.vendor_common import (
     b64decode,
     cancel_all,
     clamp_audio_end_ms,
+    close_quietly,
 )
 from rtvoice.server.clientframes import text_frame
 
@@ -869,9 +869,7 @@ class RealtimeLink:
         await self._close_conn()
 
     async def _close_conn(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._conn.close(), 2.0)
+        await close_quietly(self._conn)
         self._conn = None
         self.connected = False
 

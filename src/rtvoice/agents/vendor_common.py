@@ -267,6 +267,14 @@ def b64decode(data: str) -> bytes:
     return base64.b64decode(data, validate=False)
 
 
+async def close_quietly(conn: Any, timeout_s: float = 2.0) -> None:
+    """Close a vendor connection (anything with an async ``close()``; None: nothing to do), waiting at most
+    ``timeout_s``; any error is swallowed: the agent is closing, or never got to use it."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), timeout_s)
+
+
 async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
     """Cancel ``tasks`` and wait until each has finished (its cancellation or error is swallowed: the agent is
     closing)."""
